@@ -136,6 +136,15 @@ class KeptBoxHash {
       level0 = std::max(level0, std::ilogb(box.area * area_ratio_));
       level1 = std::min(level1, std::ilogb(box.area / area_ratio_));
     }
+    // With few kept boxes (heavy suppression, e.g. clusters of near-duplicates) testing them
+    // all is cheaper than visiting the cells: take whichever costs less.
+    const int64_t cells = static_cast<int64_t>(std::max(0, level1 - level0 + 1)) * (x1 - x0 + 1) * (y1 - y0 + 1);
+    if (static_cast<int64_t>(next_.size()) <= cells) {
+      for (size_t e = 0; e < next_.size(); ++e) {
+        if (iou_exceeds(&kept_coords_[4 * e], coords, iou_threshold)) return true;
+      }
+      return false;
+    }
     for (int level = level0; level <= level1; ++level) {
       for (int cy = y0; cy <= y1; ++cy) {
         for (int cx = x0; cx <= x1; ++cx) {
@@ -236,6 +245,8 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
   return result;
 }
 
+constexpr int64_t kMinBoxesToParallelize = 2048;
+
 // Per-category NMS, equal to torchvision's _batched_nms_vanilla (one nms per category, then
 // the kept indices sorted by score) including its tie order, without the per-category Python
 // loop. Categories are independent, so they run in parallel. Cost is the sum over categories.
@@ -264,7 +275,9 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
   std::vector<uint8_t> keep_mask(n, 0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "detlab::batched_nms", [&] {
     const scalar_t* box_data = boxes_c.data_ptr<scalar_t>();
-    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    // Categories are independent; a second thread only pays off for enough boxes.
+    const int64_t grain = n < kMinBoxesToParallelize ? groups : 1;
+    at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
         const at::Tensor members = by_category.slice(0, group_begin[g], group_begin[g + 1]);
         // As torchvision's nms on this category's boxes: its sort call, on its scores.

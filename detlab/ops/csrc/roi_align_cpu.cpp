@@ -121,13 +121,18 @@ struct RoiPlan {
 template <typename T>
 constexpr int kChannelBlock = 128 / sizeof(T);
 
+// Output values per thread below which the forward pass stays on one thread.
+constexpr int64_t kMinOutputsPerThread = 1 << 16;
+
 template <typename T>
 void pool_forward(const std::vector<FeatureLevel<T>>& levels, int64_t batch_size, int64_t channels,
                   const T* rois, const int64_t* roi_levels, int64_t num_rois, int pooled_h,
                   int pooled_w, int sampling_ratio, bool aligned, T* out) {
   constexpr int kBlock = kChannelBlock<T>;
   const int64_t bins = static_cast<int64_t>(pooled_h) * pooled_w;
-  at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
+  // Waking a second thread costs more than pooling a few small RoIs: split only bigger work.
+  const int64_t grain = std::max<int64_t>(1, kMinOutputsPerThread / std::max<int64_t>(1, channels * bins));
+  at::parallel_for(0, num_rois, grain, [&](int64_t begin, int64_t end) {
     RoiPlan<T> plan;
     for (int64_t k = begin; k < end; ++k) {
       plan.build(levels, batch_size, rois + 5 * k, roi_levels, k, pooled_h, pooled_w, sampling_ratio,
@@ -165,7 +170,9 @@ void pool_backward(const std::vector<FeatureLevel<T>>& grad_levels, int64_t batc
   constexpr int kBlock = kChannelBlock<T>;
   const int64_t s_roi = grad_strides[0], s_ch = grad_strides[1];
   const int64_t s_h = grad_strides[2], s_w = grad_strides[3];
-  at::parallel_for(0, channels, kBlock, [&](int64_t c_begin, int64_t c_end) {
+  const int64_t outputs = num_rois * channels * pooled_h * pooled_w;
+  const int64_t grain = outputs < kMinOutputsPerThread ? channels : kBlock;
+  at::parallel_for(0, channels, grain, [&](int64_t c_begin, int64_t c_end) {
     RoiPlan<T> plan;
     for (int64_t k = 0; k < num_rois; ++k) {
       plan.build(grad_levels, batch_size, rois + 5 * k, roi_levels, k, pooled_h, pooled_w,
