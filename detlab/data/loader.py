@@ -1,0 +1,94 @@
+"""Batching for detection: collate of variable-size images, padding to a batch tensor, aspect-ratio grouping,
+and a DataLoader helper with seeded workers and pinned memory."""
+
+import math
+import random
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+
+
+def collate(batch: Sequence[tuple]) -> tuple[list[torch.Tensor], list[dict]]:
+    """``[(image, target), ...] -> ([image, ...], [target, ...])``: images keep their own sizes (the model pads
+    them, as torchvision's detection models do); use :func:`batch_images` for one padded tensor."""
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)
+
+
+def batch_images(images: Sequence[torch.Tensor], size_divisible: int = 32, fill: float = 0.0):
+    """Pad images (Tensor[3, H_i, W_i]) at the bottom/right into Tensor[B, 3, H, W] with H, W the largest sizes
+    rounded up to ``size_divisible`` (backbone strides); returns it and image_sizes (int64[B, 2]: h, w). Padding
+    bottom/right leaves box coordinates unchanged."""
+    sizes = torch.tensor([tuple(image.shape[-2:]) for image in images], dtype=torch.int64)
+    height, width = (int(math.ceil(int(v) / size_divisible) * size_divisible) for v in sizes.max(0).values)
+    batch = images[0].new_full((len(images), images[0].shape[0], height, width), fill)
+    for out, image in zip(batch, images):
+        out[:, : image.shape[-2], : image.shape[-1]].copy_(image)
+    return batch, sizes
+
+
+def aspect_ratio_groups(dataset: Dataset) -> list[int]:
+    """Group id per image: 0 for landscape (w >= h), 1 for portrait, from ``dataset.image_sizes()`` (no image
+    decoding). Two groups, as Detectron2 uses: batching like with like keeps padding small for two-stage models."""
+    if not hasattr(dataset, "image_sizes"):
+        raise TypeError(f"{type(dataset).__name__} has no image_sizes(); aspect-ratio grouping needs it")
+    return [0 if width >= height else 1 for height, width in dataset.image_sizes()]
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches of ``batch_size`` indices from ``sampler`` where all indices share a group id.
+
+    Indices are taken in the sampler's order and each joins its group's pending batch, yielded when full; at the
+    end the partial batches are yielded too unless ``drop_last``. ``sampler`` must visit every index once per
+    epoch (Random/SequentialSampler), which makes ``len`` known in advance.
+    """
+
+    def __init__(self, sampler: Sampler, group_ids: Sequence[int], batch_size: int, drop_last: bool = False):
+        self.sampler, self.group_ids = sampler, list(group_ids)
+        self.batch_size, self.drop_last = batch_size, drop_last
+
+    def __iter__(self) -> Iterator[list[int]]:
+        pending: dict[int, list[int]] = {}
+        for index in self.sampler:
+            group = pending.setdefault(self.group_ids[index], [])
+            group.append(index)
+            if len(group) == self.batch_size:
+                yield group[:]
+                group.clear()
+        if not self.drop_last:
+            yield from (group for group in pending.values() if group)
+
+    def __len__(self) -> int:
+        counts = np.bincount(self.group_ids)
+        full = counts // self.batch_size
+        return int(full.sum() if self.drop_last else (full + (counts % self.batch_size > 0)).sum())
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a DataLoader worker from torch's per-worker seed (DataLoader seeds only
+    torch), so any transform's randomness is fixed by the loader's seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 2, seed: int = 0,
+                pin_memory: bool | None = None, group_by_aspect: bool = False, drop_last: bool = False) -> DataLoader:
+    """A DataLoader yielding ``(list of images, list of targets)`` via :func:`collate`.
+
+    ``seed`` fixes the shuffle order and every worker's RNG (same batches and augmentations on every run with the
+    same ``num_workers``); ``pin_memory`` defaults to whether CUDA is available; ``group_by_aspect`` batches
+    landscape and portrait images separately (:class:`GroupedBatchSampler`).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    if group_by_aspect:
+        batch_sampler = GroupedBatchSampler(sampler, aspect_ratio_groups(dataset), batch_size, drop_last)
+        batching = dict(batch_sampler=batch_sampler)
+    else:
+        batching = dict(sampler=sampler, batch_size=batch_size, drop_last=drop_last)
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    return DataLoader(dataset, collate_fn=collate, num_workers=num_workers, worker_init_fn=seed_worker,
+                      generator=generator, pin_memory=pin_memory, **batching)

@@ -1,0 +1,230 @@
+"""Annotation records, the one place that checks boxes, image loading, and the dataset base class.
+
+VOC and COCO parse their files into :class:`ImageRecord` lists (one per image, numpy arrays, original pixels);
+:class:`DetectionDataset` turns a record into ``(image, target)``; the writers and the converter read records.
+Every box from a file goes through :func:`sanitize_boxes`: a box partly outside the image is clipped, one left
+empty (``x2 <= x1`` or ``y2 <= y1``) is dropped, and each fix is counted in a :class:`BoxReport` that warns once
+per dataset with the totals and the first offending file/field -- nothing is dropped silently. Everything else
+that is wrong in a file raises :class:`DataError` naming the file and the field.
+"""
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+# decimals of coordinates the writers put in files: enough for any pixel box, and keeps x1 + w - x1 from
+# printing float noise such as 212.31000000000003
+COORD_DECIMALS = 6
+
+
+class DataError(ValueError):
+    """A dataset file is missing, unreadable or malformed; the message names the file and the field."""
+
+
+@dataclass
+class ImageRecord:
+    """One image and its objects, as read from disk (nothing resized or filtered).
+
+    boxes (float64[N, 4]): xyxy pixels, 0-based continuous coordinates (a box covering the whole image is
+    ``0, 0, width, height``); labels (int64[N]): 0..C-1; difficult, iscrowd (bool[N]); area (float64[N]): COCO's
+    segment area, or the box area where the format has none. ``source`` names the annotation file for messages.
+    """
+
+    image_path: Path
+    image_id: int
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    iscrowd: np.ndarray
+    area: np.ndarray
+    source: str
+
+    def select(self, keep: np.ndarray) -> "ImageRecord":
+        """A copy holding only the objects where ``keep`` (bool[N]) is true."""
+        return ImageRecord(self.image_path, self.image_id, self.width, self.height, self.boxes[keep],
+                           self.labels[keep], self.difficult[keep], self.iscrowd[keep], self.area[keep], self.source)
+
+
+def make_record(image_path, image_id: int, width: int, height: int, boxes, labels, *, source: str,
+                where: Sequence[str], report: "BoxReport", difficult=None, iscrowd=None, area=None) -> ImageRecord:
+    """Build an :class:`ImageRecord`, passing its boxes through :func:`sanitize_boxes`; ``where[i]`` names box
+    i's file and field for messages. Missing flags default to False and a missing area to the box area."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    n = len(boxes)
+    labels = np.asarray(labels, dtype=np.int64).reshape(n)
+    difficult = np.zeros(n, bool) if difficult is None else np.asarray(difficult, dtype=bool).reshape(n)
+    iscrowd = np.zeros(n, bool) if iscrowd is None else np.asarray(iscrowd, dtype=bool).reshape(n)
+    boxes, keep = sanitize_boxes(boxes, width, height, where, report)
+    if area is None:
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area = np.asarray(area, dtype=np.float64).reshape(n)
+    record = ImageRecord(Path(image_path), int(image_id), int(width), int(height), boxes, labels, difficult,
+                         iscrowd, area, source)
+    return record.select(keep)
+
+
+def clip_boxes(boxes, width: float, height: float):
+    """Clip xyxy boxes (ndarray or Tensor [N, 4]) to the image ``[0, width] x [0, height]``; same type back.
+    Shared by the file checks here and the geometric transforms."""
+    boxes = boxes.copy() if isinstance(boxes, np.ndarray) else boxes.clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes
+
+
+def nonempty_boxes(boxes):
+    """bool[N] (ndarray or Tensor like ``boxes``): boxes with ``x2 > x1`` and ``y2 > y1``."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
+class BoxReport:
+    """Counts box fixes while a dataset is read and warns once at the end.
+
+    With ``strict=True`` the first bad box raises :class:`DataError` instead of being fixed.
+    """
+
+    PROBLEMS = {
+        "clipped": "box partly outside the image",
+        "dropped": "empty box (x2 <= x1 or y2 <= y1, or wholly outside the image)",
+    }
+
+    def __init__(self, strict: bool = False):
+        self.strict = strict
+        self.counts = Counter()
+        self.first = {}  # action -> "file: field: detail" of its first occurrence
+        self.total = 0
+
+    def add(self, action: str, where: str, detail: str) -> None:
+        if self.strict:
+            raise DataError(f"{where}: {self.PROBLEMS[action]}: {detail}")
+        self.counts[action] += 1
+        self.first.setdefault(action, f"{where}: {detail}")
+
+    def warn(self, dataset: str) -> None:
+        """One warning summarising every fix (nothing when there was none)."""
+        if not self.counts:
+            return
+        lines = [f"  {n} {action}: {self.PROBLEMS[action]} (first: {self.first[action]})"
+                 for action, n in self.counts.items()]
+        warnings.warn(f"{dataset}: fixed boxes out of {self.total} read (strict_boxes=True raises instead):\n"
+                      + "\n".join(lines), stacklevel=3)
+
+
+def sanitize_boxes(boxes: np.ndarray, width: float, height: float, where: Sequence[str],
+                   report: BoxReport) -> tuple[np.ndarray, np.ndarray]:
+    """Check boxes (float64[N, 4] xyxy) read from a file against the image size.
+
+    Returns the boxes clipped to the image and keep (bool[N]): False for boxes empty after clipping (``x2 <= x1``,
+    ``y2 <= y1``, or wholly outside). Each clip and drop is counted in ``report``; a non-finite coordinate raises
+    :class:`DataError` naming ``where[i]`` (the file and field of box i), since no fix for it is meaningful.
+    """
+    report.total += len(boxes)
+    for i in np.flatnonzero(~np.isfinite(boxes).all(axis=1)):
+        raise DataError(f"{where[i]}: non-finite coordinate in {boxes[i].tolist()}")
+    clipped = clip_boxes(boxes, width, height)
+    keep = nonempty_boxes(clipped)
+    for i in np.flatnonzero(~keep | (clipped != boxes).any(axis=1)):
+        detail = f"box (0-based xyxy) {boxes[i].tolist()} in a {width}x{height} image"
+        report.add("clipped" if keep[i] else "dropped", where[i], detail)
+    return clipped, keep
+
+
+def load_image(path: Path, source: str = "") -> torch.Tensor:
+    """Tensor[3, H, W] uint8 RGB from an image file; a missing or undecodable file raises :class:`DataError`
+    naming it (and ``source``, the annotation that refers to it)."""
+    referrer = f" (referred to by {source})" if source else ""
+    if not Path(path).is_file():
+        raise DataError(f"image not found: {path}{referrer}")
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports truncated/corrupt files as these
+        raise DataError(f"cannot decode image {path}{referrer}: {error}") from error
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def image_size(path: Path, source: str = "") -> tuple[int, int]:
+    """(width, height) read from the file header only, for annotations that do not state it."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError as error:
+        raise DataError(f"image not found: {path} (referred to by {source})") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read image header {path} (referred to by {source}): {error}") from error
+
+
+def record_target(record: ImageRecord, include_difficult: bool = True, include_crowd: bool = False) -> dict:
+    """The target dict of a record (see :class:`DetectionDataset`), leaving out difficult/crowd objects unless
+    included."""
+    keep = np.ones(len(record.boxes), dtype=bool)
+    if not include_difficult:
+        keep &= ~record.difficult
+    if not include_crowd:
+        keep &= ~record.iscrowd
+    record = record.select(keep)
+    return {
+        "boxes": torch.as_tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.as_tensor(record.labels, dtype=torch.int64),
+        "image_id": record.image_id,
+        "orig_size": torch.tensor([record.height, record.width], dtype=torch.int64),
+        "difficult": torch.as_tensor(record.difficult, dtype=torch.bool),
+        "iscrowd": torch.as_tensor(record.iscrowd, dtype=torch.bool),
+        "area": torch.as_tensor(record.area, dtype=torch.float32),
+    }
+
+
+class DetectionDataset(Dataset):
+    """Map-style dataset over :class:`ImageRecord` s.
+
+    ``dataset[i]`` is ``(image, target)`` after ``transforms``: image Tensor[3, H, W] uint8 before transforms;
+    target: boxes (float32[N, 4] xyxy pixels), labels (int64[N] in 0..C-1), image_id (int), orig_size
+    (int64[2]: height, width), difficult and iscrowd (bool[N]), area (float32[N]).
+
+    Args:
+        include_difficult: keep VOC ``difficult`` objects (flagged; VOC eval ignores them) or leave them out.
+        include_crowd: keep COCO ``iscrowd`` regions (flagged, for evaluation) or leave them out (training).
+    """
+
+    def __init__(self, records: list[ImageRecord], class_names: Sequence[str], transforms=None,
+                 include_difficult: bool = True, include_crowd: bool = False):
+        self.records = records
+        self.class_names = tuple(class_names)
+        self.transforms = transforms
+        self.include_difficult = include_difficult
+        self.include_crowd = include_crowd
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        image = load_image(record.image_path, record.source)
+        if tuple(image.shape[1:]) != (record.height, record.width):
+            raise DataError(f"{record.source}: size says {record.width}x{record.height} but {record.image_path} "
+                            f"is {image.shape[2]}x{image.shape[1]}")
+        target = self.target(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def target(self, index: int) -> dict:
+        """The target of image ``index`` without loading the image (no transforms)."""
+        return record_target(self.records[index], self.include_difficult, self.include_crowd)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image, from the annotations (no decoding): for aspect-ratio grouping."""
+        return [(r.height, r.width) for r in self.records]
+
+    def __repr__(self) -> str:
+        boxes = sum(len(r.boxes) for r in self.records)
+        return f"{type(self).__name__}({len(self)} images, {boxes} boxes, {len(self.class_names)} classes)"

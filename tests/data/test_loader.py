@@ -1,0 +1,75 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.data import Dataset, RandomSampler, SequentialSampler
+
+from detlab.data import GroupedBatchSampler, SyntheticShapes, aspect_ratio_groups, batch_images, collate, make_loader
+
+
+class _Sizes(Dataset):
+    """Blank images of given (height, width) sizes."""
+
+    def __init__(self, sizes):
+        self.sizes = sizes
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, index):
+        height, width = self.sizes[index]
+        return torch.full((3, height, width), index, dtype=torch.uint8), {"boxes": torch.zeros(0, 4), "index": index}
+
+    def image_sizes(self):
+        return self.sizes
+
+
+def test_collate_keeps_variable_sizes_and_batch_images_pads():
+    dataset = _Sizes([(20, 30), (33, 10)])
+    images, targets = collate([dataset[0], dataset[1]])
+    assert [tuple(i.shape) for i in images] == [(3, 20, 30), (3, 33, 10)] and [t["index"] for t in targets] == [0, 1]
+    batch, sizes = batch_images(images, size_divisible=16)
+    assert batch.shape == (2, 3, 48, 32) and sizes.tolist() == [[20, 30], [33, 10]]
+    assert torch.equal(batch[1, :, :33, :10], images[1]) and (batch[1, :, 33:] == 0).all()
+
+
+def test_grouped_batch_sampler_batches_like_aspect_together():
+    sizes = [(10, 20), (20, 10), (10, 20), (20, 10), (10, 20), (30, 31), (10, 20)]
+    dataset = _Sizes(sizes)
+    groups = aspect_ratio_groups(dataset)
+    assert groups == [0, 1, 0, 1, 0, 0, 0]
+    sampler = GroupedBatchSampler(RandomSampler(dataset, generator=torch.Generator().manual_seed(0)), groups, 2)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 4  # 5 landscape -> 2 full + 1 partial; 2 portrait -> 1
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert all(len({groups[i] for i in b}) == 1 for b in batches)
+    dropping = GroupedBatchSampler(SequentialSampler(dataset), groups, 2, drop_last=True)
+    assert list(dropping) == [[0, 2], [1, 3], [4, 5]] and len(dropping) == 3
+
+
+def test_make_loader_groups_by_aspect_and_is_seeded():
+    dataset = _Sizes([(10, 20), (20, 10)] * 4)
+    loaders = [make_loader(dataset, batch_size=2, shuffle=True, num_workers=0, seed=7, group_by_aspect=True)
+               for _ in range(2)]
+    orders = [[[t["index"] for t in targets] for _, targets in loader] for loader in loaders]
+    assert orders[0] == orders[1]  # the same seed, the same batches
+    assert [[t["index"] for t in targets] for _, targets in loaders[0]] != orders[0]  # a new order each epoch
+    assert all(len({dataset.sizes[i] for i in batch}) == 1 for batch in orders[0])
+    other = make_loader(dataset, batch_size=2, shuffle=True, num_workers=0, seed=8, group_by_aspect=True)
+    assert [[t["index"] for t in targets] for _, targets in other] != orders[0]
+
+
+@pytest.mark.slow
+def test_make_loader_with_workers_and_pinned_memory_matches_direct_access():
+    dataset = SyntheticShapes(4, 32, 48, seed=0)
+    loader = make_loader(dataset, batch_size=2, num_workers=2, pin_memory=torch.cuda.is_available())
+    images = [image for batch, _ in loader for image in batch]
+    assert all(torch.equal(images[i].cpu(), dataset[i][0]) for i in range(4))
+
+
+def test_data_never_imports_models_or_eval():
+    code = ("import sys, detlab.data, detlab.data.stats, detlab.data.convert; "
+            "print(sorted(m for m in sys.modules if m.startswith(('detlab.models', 'detlab.eval'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

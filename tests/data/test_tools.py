@@ -1,0 +1,63 @@
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from detlab.data import COCODetection, SyntheticShapes, VOCDetection
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _same_boxes(a, b):
+    assert len(a) == len(b)
+    for i in range(len(a)):
+        for key in ("boxes", "labels", "difficult"):
+            assert torch.allclose(a.target(i)[key].double(), b.target(i)[key].double(), atol=1e-5), (i, key)
+
+
+def test_converter_round_trip_voc_coco_voc(voc_cells_dir, tmp_path):
+    convert = _tool("convert_dataset").main
+    convert(["voc2coco", "--voc-root", str(voc_cells_dir), "--splits", "trainval", "test", "--discover-classes",
+             "--out", str(tmp_path / "cells.json")])
+    coco = COCODetection(voc_cells_dir / "VOCdevkit", tmp_path / "cells.json")  # file_names under VOCdevkit/
+    voc = VOCDetection(voc_cells_dir, splits=("trainval", "test"), classes=["cellbody"])
+    assert coco.class_names == ("cellbody",) and len(coco) == 356
+    _same_boxes(voc, coco)
+    convert(["coco2voc", "--images", str(voc_cells_dir / "VOCdevkit"), "--ann", str(tmp_path / "cells.json"),
+             "--voc-root", str(tmp_path / "back"), "--split", "all"])
+    back = VOCDetection(tmp_path / "back", splits="all", classes=["cellbody"])
+    _same_boxes(voc, back)
+    assert back.names[:2] == [("2007", "000001"), ("2007", "000002")]
+    # integer devkit coordinates come back as the same text
+    original = (voc_cells_dir / "VOCdevkit/VOC2007/Annotations/000001.xml").read_text()
+    written = (tmp_path / "back/VOCdevkit/VOC2007/Annotations/000001.xml").read_text()
+    for tag in ("<xmin>112</xmin>", "<xmax>129</xmax>", "<ymin>185</ymin>", "<ymax>198</ymax>"):
+        assert tag in original and tag in written
+
+
+def test_converter_round_trip_coco_voc_coco_with_float_boxes_and_crowd(tmp_path):
+    SyntheticShapes(5, 40, 60, seed=9).write_coco(tmp_path / "a.json", tmp_path / "images")
+    source = COCODetection(tmp_path / "images", tmp_path / "a.json")
+    convert = _tool("convert_dataset").main
+    convert(["coco2voc", "--images", str(tmp_path / "images"), "--ann", str(tmp_path / "a.json"),
+             "--voc-root", str(tmp_path / "voc")])
+    convert(["voc2coco", "--voc-root", str(tmp_path / "voc"), "--classes", *source.class_names,
+             "--out", str(tmp_path / "b.json")])
+    again = COCODetection(tmp_path / "voc/VOCdevkit", tmp_path / "b.json")
+    _same_boxes(source, again)
+
+
+def test_dataset_stats_tool_prints_counts_and_writes_png(coco_mini_dir, tmp_path, capsys):
+    _tool("dataset_stats").main(["--png", str(tmp_path / "sizes.png"), "coco", "--images",
+                                 str(coco_mini_dir / "train2017"), "--ann",
+                                 str(coco_mini_dir / "annotations/instances_train2017.json"), "--include-crowd"])
+    out = capsys.readouterr().out
+    assert "images: 80  boxes: 739" in out and "person" in out
+    assert (tmp_path / "sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
