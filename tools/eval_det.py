@@ -1,0 +1,45 @@
+"""Score any detector's COCO results JSON against a COCO annotation JSON.
+
+    python tools/eval_det.py --results dets.json --ann instances_val2017.json [--out-dir runs/eval] [--voc]
+
+Prints pycocotools' 12 stats and a per-class AP table (``--voc``: VOC AP at ``--iou``, crowd as difficult),
+writes ``metrics.json`` (all figures) and ``pr_curves.png`` into ``--out-dir``. Bad input (malformed JSON,
+unknown image/category ids, boxes of the wrong length) is reported in one line naming the file and field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from detlab.eval import coco_detections_from_results, coco_ground_truth_from_dict, evaluate_coco, read_json
+from detlab.eval.report import format_coco, format_voc, plot_pr_curves, pr_curves, write_json
+from detlab.eval.voc import evaluate_voc_coco
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", required=True, help="COCO results JSON: [{image_id, category_id, bbox, score}]")
+    parser.add_argument("--ann", required=True, help="COCO annotation JSON (instances_*.json)")
+    parser.add_argument("--out-dir", default="runs/eval", help="where metrics.json and pr_curves.png go")
+    parser.add_argument("--voc", action="store_true", help="VOC AP (11-point and area) instead of COCO stats")
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold of --voc (match when IoU > it)")
+    args = parser.parse_args(argv)
+    try:
+        gt = coco_ground_truth_from_dict(read_json(args.ann, "annotation"), source=args.ann)
+        dets = coco_detections_from_results(read_json(args.results, "results"), gt, source=args.results)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = evaluate_voc_coco(gt, dets, args.iou) if args.voc else evaluate_coco(gt, dets)
+    print(format_voc(result) if args.voc else format_coco(result))
+    out = Path(args.out_dir)
+    write_json(result, out / "metrics.json")
+    plot_pr_curves(pr_curves(result), out / "pr_curves.png", title=f"{Path(args.results).name}")
+    print(f"wrote {out / 'metrics.json'} and {out / 'pr_curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
