@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "box_iou.h"
+#include "nms_checks.h"
 
 namespace detlab {
 namespace {
@@ -219,18 +220,8 @@ at::Tensor select_kept(const at::Tensor& order, const std::vector<uint8_t>& keep
   return at::tensor(kept, order.options());
 }
 
-void check_inputs(const at::Tensor& boxes, const at::Tensor& scores) {
-  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [N, 4], got ",
-                    boxes.sizes());
-  TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == boxes.size(0),
-                    "scores must have shape [N] with N = boxes.size(0) = ", boxes.size(0), ", got ",
-                    scores.sizes());
-  TORCH_CHECK_TYPE(boxes.scalar_type() == scores.scalar_type(), "boxes (", boxes.scalar_type(),
-                   ") and scores (", scores.scalar_type(), ") must have the same dtype");
-}
-
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_inputs(boxes, scores);
+  check_nms_inputs(boxes, scores);
   if (boxes.size(0) == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   // The very call torchvision's kernel makes: a stable sort, so equal scores keep input order.
   const at::Tensor order =
@@ -252,10 +243,7 @@ constexpr int64_t kMinBoxesToParallelize = 2048;
 // loop. Categories are independent, so they run in parallel. Cost is the sum over categories.
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                            double iou_threshold) {
-  check_inputs(boxes, scores);
-  TORCH_CHECK_VALUE(idxs.dim() == 1 && idxs.size(0) == boxes.size(0),
-                    "idxs must have shape [N] with N = boxes.size(0) = ", boxes.size(0), ", got ",
-                    idxs.sizes());
+  check_batched_nms_inputs(boxes, scores, idxs);
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
 

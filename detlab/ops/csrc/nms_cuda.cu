@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "box_iou.h"
+#include "nms_checks.h"
 
 namespace detlab {
 namespace {
@@ -157,17 +158,6 @@ __global__ void scan_mask_kernel(const uint64_t* mask, const int64_t* order, Seg
   if (threadIdx.x == 0 && kept_count != nullptr) *kept_count = kept_before;
 }
 
-void check_inputs(const at::Tensor& boxes, const at::Tensor& scores) {
-  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [N, 4], got ",
-                    boxes.sizes());
-  TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == boxes.size(0),
-                    "scores must have shape [N] with N = boxes.size(0) = ", boxes.size(0), ", got ",
-                    scores.sizes());
-  TORCH_CHECK_VALUE(boxes.scalar_type() == scores.scalar_type(), "boxes (", boxes.scalar_type(),
-                    ") and scores (", scores.scalar_type(), ") must have the same dtype");
-  TORCH_CHECK_VALUE(boxes.device() == scores.device(), "boxes and scores must be on the same device");
-}
-
 int64_t words_for(int64_t count) { return (count + kBoxesPerWord - 1) / kBoxesPerWord; }
 
 // Fills the suppression mask of every segment. `order` lists box indices in visiting order.
@@ -184,7 +174,7 @@ void compute_mask(const at::Tensor& boxes, const at::Tensor& order, const Segmen
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_inputs(boxes, scores);
+  check_nms_inputs(boxes, scores);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
@@ -215,10 +205,7 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
 // score with Python's default (not stable) sort.
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                             double iou_threshold) {
-  check_inputs(boxes, scores);
-  TORCH_CHECK_VALUE(idxs.dim() == 1 && idxs.size(0) == boxes.size(0),
-                    "idxs must have shape [N] with N = boxes.size(0) = ", boxes.size(0), ", got ",
-                    idxs.sizes());
+  check_batched_nms_inputs(boxes, scores, idxs);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));

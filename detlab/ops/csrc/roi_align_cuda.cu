@@ -25,7 +25,7 @@
 namespace detlab {
 namespace {
 
-constexpr int kLanes = 32;       // channels per block (one warp's width)
+constexpr int kLanes = 32;       // channels per block (one warp's width; BlockTile relies on it)
 constexpr int kWarps = 8;        // bins processed concurrently per block
 constexpr int kBinChunk = 64;    // bins staged in shared memory at a time
 constexpr int kMaxLevels = 8;
@@ -40,6 +40,27 @@ struct Levels {
   int count;
 };
 
+// What every RoI is pooled to, and how.
+struct PoolShape {
+  int64_t batch_size, channels;
+  int pooled_h, pooled_w, sampling_ratio;
+  bool aligned;
+};
+
+// The (RoI, tile of 32 channels) a block works on, and this thread's place in it.
+struct BlockTile {
+  int64_t roi, first_channel, channel;
+  int lane, warp, bins;
+
+  __device__ explicit BlockTile(const PoolShape& shape)
+      : roi(blockIdx.x),
+        first_channel(static_cast<int64_t>(blockIdx.y) * 32),
+        channel(first_channel + threadIdx.x % 32),
+        lane(threadIdx.x % 32),
+        warp(threadIdx.x / 32),
+        bins(shape.pooled_h * shape.pooled_w) {}
+};
+
 // Where RoI k pools from; `valid` is false for a batch index or level outside range, whose
 // output stays zero (the Python layer reports such RoIs before they get here).
 template <typename T>
@@ -51,16 +72,16 @@ struct RoiSource {
   T count;  // sampling points per bin, at least 1
 
   __device__ RoiSource(const Levels<T>& levels, const T* rois, const int64_t* roi_levels, int64_t k,
-                       int64_t batch_size, int64_t channels, int pooled_h, int pooled_w,
-                       int sampling_ratio, bool aligned) {
+                       const PoolShape& shape) {
     const int64_t level = roi_levels ? roi_levels[k] : 0;
     valid = level >= 0 && level < levels.count;
     if (!valid) return;
-    geometry = roi_geometry(rois + 5 * k, levels.scale[level], pooled_h, pooled_w, sampling_ratio, aligned);
-    valid = geometry.batch_index >= 0 && geometry.batch_index < batch_size;
+    geometry = roi_geometry(rois + 5 * k, levels.scale[level], shape.pooled_h, shape.pooled_w,
+                            shape.sampling_ratio, shape.aligned);
+    valid = geometry.batch_index >= 0 && geometry.batch_index < shape.batch_size;
     height = levels.height[level];
     width = levels.width[level];
-    data = levels.data[level] + geometry.batch_index * height * width * channels;
+    data = levels.data[level] + geometry.batch_index * height * width * shape.channels;
     count = static_cast<T>(max_of<int64_t>(static_cast<int64_t>(geometry.grid_h) * geometry.grid_w, 1));
   }
 
@@ -95,34 +116,29 @@ struct RoiSource {
 // grid = (RoIs, channel tiles of 32); block = kWarps warps. out: [K, C, pooled_h, pooled_w].
 template <typename T>
 __global__ void __launch_bounds__(kLanes * kWarps)
-    roi_align_forward_kernel(Levels<T> levels, const T* rois, const int64_t* roi_levels,
-                             int64_t batch_size, int64_t channels, int pooled_h, int pooled_w,
-                             int sampling_ratio, bool aligned, T* out) {
+    roi_align_forward_kernel(Levels<T> levels, const T* rois, const int64_t* roi_levels, PoolShape shape,
+                             T* out) {
   __shared__ T tile[kBinChunk][kLanes + 1];  // +1: no bank conflicts on the transposed read
-  const int64_t k = blockIdx.x;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kLanes;
-  const int lane = threadIdx.x % kLanes, warp = threadIdx.x / kLanes;
-  const int64_t c = c0 + lane;
-  const int bins = pooled_h * pooled_w;
-  const RoiSource<T> source(levels, rois, roi_levels, k, batch_size, channels, pooled_h, pooled_w,
-                            sampling_ratio, aligned);
-  T* out_k = out + k * channels * bins;
-  for (int chunk = 0; chunk < bins; chunk += kBinChunk) {
-    const int n = min(kBinChunk, bins - chunk);
-    for (int b = warp; b < n; b += kWarps) {
+  const BlockTile at(shape);
+  const RoiSource<T> source(levels, rois, roi_levels, at.roi, shape);
+  const int64_t channels = shape.channels;
+  T* out_k = out + at.roi * channels * at.bins;
+  for (int chunk = 0; chunk < at.bins; chunk += kBinChunk) {
+    const int n = min(kBinChunk, at.bins - chunk);
+    for (int b = at.warp; b < n; b += kWarps) {
       T acc = 0;
-      if (source.valid && c < channels) {
+      if (source.valid && at.channel < channels) {
         const int bin = chunk + b;
-        source.for_each_tap(bin / pooled_w, bin % pooled_w,
-                            [&](T w, int64_t pixel) { acc += w * source.data[pixel * channels + c]; });
+        source.for_each_tap(bin / shape.pooled_w, bin % shape.pooled_w,
+                            [&](T w, int64_t pixel) { acc += w * source.data[pixel * channels + at.channel]; });
         acc /= source.count;
       }
-      tile[b][lane] = acc;
+      tile[b][at.lane] = acc;
     }
     __syncthreads();
     for (int t = threadIdx.x; t < kLanes * n; t += blockDim.x) {
-      const int lane_of_t = t / n, b = t % n;
-      if (c0 + lane_of_t < channels) out_k[(c0 + lane_of_t) * bins + chunk + b] = tile[b][lane_of_t];
+      const int64_t c = at.first_channel + t / n;
+      if (c < channels) out_k[c * at.bins + chunk + t % n] = tile[t % n][t / n];
     }
     __syncthreads();
   }
@@ -131,35 +147,30 @@ __global__ void __launch_bounds__(kLanes * kWarps)
 // grid = (RoIs, channel tiles of 32). Adds into the NHWC gradient buffers of `levels`.
 template <typename T>
 __global__ void __launch_bounds__(kLanes * kWarps)
-    roi_align_backward_kernel(Levels<T> levels, const T* rois, const int64_t* roi_levels,
-                              int64_t batch_size, int64_t channels, int pooled_h, int pooled_w,
-                              int sampling_ratio, bool aligned, const T* grad, int64_t s_roi,
-                              int64_t s_ch, int64_t s_h, int64_t s_w) {
+    roi_align_backward_kernel(Levels<T> levels, const T* rois, const int64_t* roi_levels, PoolShape shape,
+                              const T* grad, int64_t s_roi, int64_t s_ch, int64_t s_h, int64_t s_w) {
   __shared__ T tile[kBinChunk][kLanes + 1];
-  const int64_t k = blockIdx.x;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kLanes;
-  const int lane = threadIdx.x % kLanes, warp = threadIdx.x / kLanes;
-  const int64_t c = c0 + lane;
-  const int bins = pooled_h * pooled_w;
-  const RoiSource<T> source(levels, rois, roi_levels, k, batch_size, channels, pooled_h, pooled_w,
-                            sampling_ratio, aligned);
+  const BlockTile at(shape);
+  const RoiSource<T> source(levels, rois, roi_levels, at.roi, shape);
   if (!source.valid) return;  // uniform over the block
-  for (int chunk = 0; chunk < bins; chunk += kBinChunk) {
-    const int n = min(kBinChunk, bins - chunk);
+  const int64_t channels = shape.channels;
+  const T* grad_k = grad + at.roi * s_roi;
+  for (int chunk = 0; chunk < at.bins; chunk += kBinChunk) {
+    const int n = min(kBinChunk, at.bins - chunk);
     for (int t = threadIdx.x; t < kLanes * n; t += blockDim.x) {
-      const int lane_of_t = t / n, bin = chunk + t % n;
-      tile[t % n][lane_of_t] = c0 + lane_of_t < channels
-                                   ? grad[k * s_roi + (c0 + lane_of_t) * s_ch + (bin / pooled_w) * s_h +
-                                          (bin % pooled_w) * s_w]
-                                   : T(0);
+      const int64_t c = at.first_channel + t / n;
+      const int bin = chunk + t % n;
+      tile[t % n][t / n] =
+          c < channels ? grad_k[c * s_ch + (bin / shape.pooled_w) * s_h + (bin % shape.pooled_w) * s_w] : T(0);
     }
     __syncthreads();
-    if (c < channels) {
-      for (int b = warp; b < n; b += kWarps) {
+    if (at.channel < channels) {
+      for (int b = at.warp; b < n; b += kWarps) {
         const int bin = chunk + b;
-        const T g = tile[b][lane] / source.count;
-        source.for_each_tap(bin / pooled_w, bin % pooled_w,
-                            [&](T w, int64_t pixel) { atomicAdd(source.data + pixel * channels + c, w * g); });
+        const T g = tile[b][at.lane] / source.count;
+        source.for_each_tap(bin / shape.pooled_w, bin % shape.pooled_w, [&](T w, int64_t pixel) {
+          atomicAdd(source.data + pixel * channels + at.channel, w * g);
+        });
       }
     }
     __syncthreads();
@@ -178,6 +189,12 @@ void check_common(const at::Tensor& rois, const std::optional<at::Tensor>& level
   TORCH_CHECK_VALUE(!levels || (levels->dim() == 1 && levels->size(0) == rois.size(0)),
                     "levels must have shape [K] with K = rois.size(0)");
   TORCH_CHECK_VALUE(rois.size(0) <= std::numeric_limits<int32_t>::max(), "too many RoIs: ", rois.size(0));
+}
+
+PoolShape pool_shape(int64_t batch_size, int64_t channels, int64_t pooled_h, int64_t pooled_w,
+                     int64_t sampling_ratio, bool aligned) {
+  return {batch_size, channels, static_cast<int>(pooled_h), static_cast<int>(pooled_w),
+          static_cast<int>(sampling_ratio), aligned};
 }
 
 dim3 launch_grid(int64_t num_rois, int64_t channels) {
@@ -214,9 +231,8 @@ at::Tensor multiscale_forward_cuda(at::TensorList features, const at::Tensor& ro
     const at::Tensor rois_c = rois.to(type).contiguous();
     roi_align_forward_kernel<scalar_t><<<launch_grid(num_rois, channels), kLanes * kWarps, 0,
                                          c10::cuda::getCurrentCUDAStream()>>>(
-        views, rois_c.data_ptr<scalar_t>(), levels ? levels_c.data_ptr<int64_t>() : nullptr, batch, channels,
-        static_cast<int>(pooled_h), static_cast<int>(pooled_w), static_cast<int>(sampling_ratio), aligned,
-        out.data_ptr<scalar_t>());
+        views, rois_c.data_ptr<scalar_t>(), levels ? levels_c.data_ptr<int64_t>() : nullptr,
+        pool_shape(batch, channels, pooled_h, pooled_w, sampling_ratio, aligned), out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out.to(first.scalar_type());
@@ -250,10 +266,9 @@ std::vector<at::Tensor> multiscale_backward_cuda(const at::Tensor& grad, const a
       const at::Tensor rois_c = rois.to(type).contiguous();
       roi_align_backward_kernel<scalar_t><<<launch_grid(rois.size(0), channels), kLanes * kWarps, 0,
                                             c10::cuda::getCurrentCUDAStream()>>>(
-          views, rois_c.data_ptr<scalar_t>(), levels ? levels_c.data_ptr<int64_t>() : nullptr, batch_size,
-          channels, static_cast<int>(pooled_h), static_cast<int>(pooled_w), static_cast<int>(sampling_ratio),
-          aligned, grad_c.data_ptr<scalar_t>(), grad_c.stride(0), grad_c.stride(1), grad_c.stride(2),
-          grad_c.stride(3));
+          views, rois_c.data_ptr<scalar_t>(), levels ? levels_c.data_ptr<int64_t>() : nullptr,
+          pool_shape(batch_size, channels, pooled_h, pooled_w, sampling_ratio, aligned), grad_c.data_ptr<scalar_t>(),
+          grad_c.stride(0), grad_c.stride(1), grad_c.stride(2), grad_c.stride(3));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
