@@ -60,9 +60,24 @@ def _default_cuda_home() -> None:
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 
+def _cpp_extension():
+    """torch.utils.cpp_extension, imported without its "No CUDA runtime is found" warning: a
+    CUDA toolkit without a GPU is the normal case for a CPU build or for CI's CUDA compile check."""
+    import logging
+
+    torch_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        torch_logger.setLevel(level)
+    return cpp_extension
+
+
 def _cuda_home() -> Path | None:
     _default_cuda_home()
-    from torch.utils import cpp_extension
+    cpp_extension = _cpp_extension()
 
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or cpp_extension.CUDA_HOME
     cpp_extension.CUDA_HOME = home  # the module read the environment when it was imported
@@ -137,8 +152,7 @@ def _check_toolchain(config: BuildConfig) -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
         pass
-    from torch.utils import cpp_extension
-
+    cpp_extension = _cpp_extension()
     if not cpp_extension.is_ninja_available():
         raise NativeOpsBuildError(f"Cannot compile detlab's native ops: ninja not found (pip install ninja). {FALLBACK_HINT}")
     headers = [Path(p) / "torch" / "library.h" for p in cpp_extension.include_paths()]
@@ -155,7 +169,7 @@ def build(config: BuildConfig) -> Path:
     if path.exists():
         return path
     _check_toolchain(config)
-    from torch.utils import cpp_extension
+    cpp_extension = _cpp_extension()
 
     path.parent.mkdir(parents=True, exist_ok=True)
     what = "CPU + CUDA" + (f" (arch {config.cuda_arch_list})" if config.cuda_arch_list else "") if config.with_cuda else "CPU"
