@@ -1,0 +1,112 @@
+"""Loading backbone weights: torchvision's ImageNet weights, a torchvision-layout state_dict, a detlab
+classification checkpoint, or a backbone state_dict saved by detlab.
+
+Whatever the source, the file must fit exactly: an error lists the missing and unexpected keys and the shape
+mismatches (in the file's own key names), so that a wrong file never half-loads.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from detlab.backbones.backbone import Backbone
+
+#: ``format`` value of a checkpoint written by :mod:`detlab.classify`. Such a checkpoint is a plain dict with at
+#: least ``backbone`` (a ``BACKBONES`` name) and ``model`` (the classifier's state_dict, whose backbone entries
+#: are prefixed ``backbone.``). This module only reads it; it is the shared base between classification and
+#: detection.
+CLASSIFY_CHECKPOINT_FORMAT = "detlab.classify/1"
+
+# Keys of torchvision's classification heads: a backbone has no head, so these are dropped, not "unexpected".
+_TORCHVISION_HEAD_PREFIXES = ("fc.", "classifier.")
+_MAX_LISTED = 12
+
+
+def load_weights(backbone: Backbone, weights: str | os.PathLike | None) -> None:
+    """Load ``weights`` into ``backbone`` in place and record the source in ``backbone.weights``.
+
+    Args:
+        weights: ``None`` or ``"none"`` (keep the random init); ``"imagenet"`` (torchvision's default weights
+            enum, downloaded and cached by torchvision under ``$TORCH_HOME/hub/checkpoints``); or the path of a
+            torchvision-layout state_dict, a detlab classification checkpoint, or a saved ``backbone.state_dict()``.
+    """
+    if weights is None or weights == "none":
+        backbone.weights = None
+        return
+    if weights == "imagenet":
+        enum = backbone.imagenet_weights
+        try:
+            state = enum.get_state_dict(progress=False, weights_only=True)
+        except OSError as error:  # urllib's errors: no network, proxy, HTTP
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(enum.url).path).name
+            hint = f"without network, put the file at {cached}"
+            raise RuntimeError(f"cannot download {enum.url} ({error}); {hint}") from error
+        _load_torchvision_layout(backbone, state, source=f"torchvision weights {enum} ({enum.url})")
+        backbone.weights = "imagenet"
+        return
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights {str(weights)!r} is neither 'imagenet', 'none' nor an existing file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling failure means the same thing to the user
+        raise ValueError(f"{path}: cannot be read as PyTorch weights ({error})") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict or a detlab checkpoint, found a {type(state).__name__}")
+    if state.get("format") == CLASSIFY_CHECKPOINT_FORMAT:
+        _load_detlab_layout(backbone, _backbone_state(state, path, backbone.name), source=str(path))
+    elif all(key.startswith("stages.") for key in state):
+        _load_detlab_layout(backbone, state, source=str(path))
+    else:
+        _load_torchvision_layout(backbone, state, source=str(path))
+    backbone.weights = str(path)
+
+
+def _backbone_state(checkpoint: dict, path: Path, name: str) -> dict[str, torch.Tensor]:
+    """The backbone entries of a classification checkpoint, with the ``backbone.`` prefix removed."""
+    if checkpoint["backbone"] != name:
+        raise ValueError(
+            f"{path} is a classification checkpoint of backbone {checkpoint['backbone']!r}; "
+            f"it cannot be loaded into backbone {name!r}"
+        )
+    prefix = "backbone."
+    return {key[len(prefix):]: value for key, value in checkpoint["model"].items() if key.startswith(prefix)}
+
+
+def _load_detlab_layout(backbone: Backbone, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = backbone.state_dict()
+    _check_fits(expected, state, source, backbone.name)
+    backbone.load_state_dict({**expected, **state})
+
+
+def _load_torchvision_layout(backbone: Backbone, state: dict[str, torch.Tensor], source: str) -> None:
+    ours = backbone.state_dict()
+    expected = {backbone.torchvision_key(key): value for key, value in ours.items()}
+    state = {key: value for key, value in state.items() if not key.startswith(_TORCHVISION_HEAD_PREFIXES)}
+    _check_fits(expected, state, source, backbone.name)
+    state = {**expected, **state}
+    backbone.load_state_dict({key: state[backbone.torchvision_key(key)] for key in ours})
+
+
+def _check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str, name: str) -> None:
+    """Raise a ValueError listing every key and shape that differs between ``state`` and ``expected``.
+
+    ``num_batches_tracked`` may be absent (old torchvision files lack it); the model's own value is kept then.
+    """
+    missing = sorted(k for k in expected.keys() - state.keys() if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(state.keys() - expected.keys())
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(expected.keys() & state.keys())
+        if not isinstance(state[key], torch.Tensor) or state[key].shape != expected[key].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"{source} does not fit backbone {name!r}:"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+            lines.append(f"  {title} ({len(items)}): {', '.join(items[:_MAX_LISTED])}{more}")
+    raise ValueError("\n".join(lines))

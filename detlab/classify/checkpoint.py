@@ -1,0 +1,55 @@
+"""Classification checkpoints: self-describing plain dicts, written atomically.
+
+A checkpoint holds only dicts, lists, strings, numbers and tensors, so ``torch.load(path, weights_only=True)``
+reads it. Keys: ``format``, ``detlab_version``, ``backbone``, ``classes``, ``weights`` (what the backbone started
+from), ``mean``/``std``, ``config`` (the ClassifyConfig as a dict), ``epoch``, ``metrics``, ``history`` and
+``model`` (the Classifier state_dict). ``detlab.backbones.build_backbone(name, weights=path)`` reads the backbone
+part: this is the base that detection starts from.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+import detlab
+from detlab.backbones import CLASSIFY_CHECKPOINT_FORMAT, build_backbone
+from detlab.classify.model import Classifier
+
+
+def make_checkpoint(model: Classifier, classes: list[str], config: dict, **extra) -> dict:
+    """The checkpoint dict of ``model``; ``extra`` (epoch, metrics, history) must be plain values too."""
+    backbone = model.backbone
+    return {
+        "format": CLASSIFY_CHECKPOINT_FORMAT,
+        "detlab_version": detlab.__version__,
+        "backbone": backbone.name,
+        "classes": list(classes),
+        "weights": backbone.weights,
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+        "config": config,
+        **extra,
+        "model": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+    }
+
+
+def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> None:
+    """Write ``checkpoint`` to ``path`` atomically: a crash mid-write never leaves a truncated file behind."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def load_classifier(path: str | os.PathLike) -> tuple[Classifier, dict]:
+    """Rebuild the Classifier saved at ``path``; returns ``(model in eval mode, checkpoint dict)``."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CLASSIFY_CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a detlab classification checkpoint")
+    backbone = build_backbone(checkpoint["backbone"], levels=("c5",))
+    config = checkpoint["config"]
+    model = Classifier(backbone, len(checkpoint["classes"]), config["head"], config["dropout"])
+    model.load_state_dict(checkpoint["model"])
+    backbone.weights = str(path)
+    return model.eval(), checkpoint

@@ -1,0 +1,131 @@
+"""End-to-end classification runs (tiny: a few images, 1-2 epochs, 32 px), their checkpoints as the detection
+base, early stopping, the lr schedule and the CLI."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from detlab.backbones import build_backbone
+from detlab.classify import ClassifyConfig, load_classifier, train
+from detlab.classify.train import lr_factor
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(out_dir, **overrides) -> ClassifyConfig:
+    settings = dict(synthetic_train=24, synthetic_val=12, image_size=32, epochs=2, batch_size=8,
+                    out_dir=str(out_dir), name="run", progress=False)
+    return ClassifyConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    config = tiny_config(tmp_path_factory.mktemp("runs"))
+    report = train(config)
+    return config, report, Path(config.out_dir) / config.name
+
+
+def test_run_writes_checkpoints_plots_report_and_log(synthetic_run):
+    config, report, out = synthetic_run
+    for name in ("best.pt", "last.pt", "history.png", "confusion_matrix.png", "report.json", "train.log"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.tmp"))
+    assert json.loads((out / "report.json").read_text()) == report
+    assert report["epochs_run"] == 2 and len(report["confusion_matrix"]) == 4
+    assert sum(map(sum, report["confusion_matrix"])) == config.synthetic_val
+    assert set(report["per_class_accuracy"]) == {"rectangle", "ellipse", "triangle", "star"}
+    log = (out / "train.log").read_text()
+    assert "strategy full: 11,178,564 trainable parameters" in log and "images/s" in log
+
+
+def test_checkpoint_is_self_describing_and_weights_only(synthetic_run):
+    config, _, out = synthetic_run
+    checkpoint = torch.load(out / "last.pt", weights_only=True)
+    assert checkpoint["backbone"] == "resnet18" and checkpoint["classes"] == ["rectangle", "ellipse", "triangle",
+                                                                                "star"]
+    assert checkpoint["weights"] is None and checkpoint["epoch"] == 2 and checkpoint["detlab_version"]
+    assert checkpoint["config"]["image_size"] == config.image_size
+    assert checkpoint["mean"] == [0.485, 0.456, 0.406]
+    assert len(checkpoint["history"]["val_acc"]) == 2
+
+
+def test_checkpoint_loads_as_detection_backbone(synthetic_run):
+    _, _, out = synthetic_run
+    checkpoint = torch.load(out / "best.pt", weights_only=True)
+    backbone = build_backbone("resnet18", weights=str(out / "best.pt"), levels=("c3", "c4", "c5"))
+    assert backbone.weights == str(out / "best.pt")
+    state = backbone.state_dict()
+    assert len(state) == sum(key.startswith("backbone.") for key in checkpoint["model"])
+    for key, value in state.items():
+        assert torch.equal(value, checkpoint["model"]["backbone." + key]), key
+    # and the classifier itself comes back identical
+    model, _ = load_classifier(out / "best.pt")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.backbone(images)["c5"], backbone.eval()(images)["c5"])
+
+
+def test_checkpoint_of_another_backbone_is_refused(synthetic_run):
+    _, _, out = synthetic_run
+    with pytest.raises(ValueError, match=f"{out / 'best.pt'}.*backbone 'resnet18'.*backbone 'resnet34'"):
+        build_backbone("resnet34", weights=str(out / "best.pt"))
+
+
+def test_binary_image_folder_run_with_every_option(tmp_path):
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "pretrained.pth")
+    for split, count in (("train", 6), ("val", 3)):
+        for name, colour in (("blue", (20, 20, 220)), ("red", (220, 20, 20))):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (40, 30), colour).save(tmp_path / "data" / split / name / f"{i}.jpg")
+    config = tiny_config(tmp_path, dataset="folder", data_dir=str(tmp_path / "data"), backbone="mobilenet_v3_small",
+                         weights=str(tmp_path / "pretrained.pth"), strategy="partial:1", head="mlp", dropout=0.2, optimizer="adam", lr=1e-3,
+                         scheduler="cosine", warmup_epochs=1, augment=True, amp=True, freeze_all_bn=True,
+                         batch_size=4)
+    report = train(config)
+    assert report["classes"] == ["blue", "red"] and len(report["confusion_matrix"]) == 2
+    model, checkpoint = load_classifier(tmp_path / "run" / "best.pt")
+    assert model.head[-1].out_features == 1  # two classes: one logit, binary cross-entropy
+    assert checkpoint["config"]["strategy"] == "partial:1"
+    assert checkpoint["weights"] == str(tmp_path / "pretrained.pth")
+    # a pretrained backbone fine-tunes with a tenth of the head's learning rate by default
+    assert "backbone lr=0.0001" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_early_stopping_after_patience_epochs(tmp_path):
+    # nothing can change with a zero learning rate and a frozen backbone: epoch 1 stays the best
+    config = tiny_config(tmp_path, strategy="feature_extract", lr=0.0, epochs=6, patience=2)
+    report = train(config)
+    assert report["best_epoch"] == 1 and report["epochs_run"] == 3
+    assert "early stopping" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_lr_factor_matches_steplr_and_warms_up():
+    config = ClassifyConfig(epochs=20)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    for epoch in range(20):
+        assert lr_factor(epoch * 5, 5, config) == pytest.approx(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    warm = ClassifyConfig(epochs=10, warmup_epochs=2, scheduler="cosine")
+    assert lr_factor(0, 10, warm) == pytest.approx(0.05)
+    assert lr_factor(19, 10, warm) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 1.9 / 10)).item()))
+    assert lr_factor(50, 10, warm) == pytest.approx(0.5)
+
+
+def test_cli_maps_options_onto_the_config():
+    spec = importlib.util.spec_from_file_location("train_cls", REPO / "tools" / "train_cls.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    config = cli.parse_args(["--epochs", "3", "--augment", "--backbone-lr-mult", "0.5", "--strategy", "partial:2",
+                             "--weights", "imagenet"])
+    assert config == ClassifyConfig(epochs=3, augment=True, backbone_lr_mult=0.5, strategy="partial:2",
+                                    weights="imagenet")
+    with pytest.raises(ValueError, match="optimizer='rmsprop'"):
+        cli.parse_args(["--optimizer", "rmsprop"])
