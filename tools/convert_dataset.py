@@ -6,8 +6,10 @@
 """
 
 import argparse
+import sys
 
 from detlab.data.convert import coco_to_voc, voc_to_coco
+from detlab.data.records import DataError
 
 
 def main(argv=None) -> None:
@@ -35,4 +37,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as error:  # bad input: one clear line, no traceback
+        sys.exit(f"error: {error}")

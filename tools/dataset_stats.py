@@ -6,11 +6,13 @@
 """
 
 import argparse
+import sys
 
 from detlab.data.coco import COCODetection
 from detlab.data.stats import dataset_stats, format_stats, plot_box_sizes
 from detlab.data.synthetic import SyntheticShapes
 from detlab.data.voc import VOCDetection
+from detlab.data.records import DataError
 
 
 def main(argv=None) -> None:
@@ -43,4 +45,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as error:  # bad input: one clear line, no traceback
+        sys.exit(f"error: {error}")

@@ -5,6 +5,7 @@
 """
 
 import argparse
+import sys
 import dataclasses
 import typing
 
@@ -33,4 +34,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
+        sys.exit(f"error: {error}")
