@@ -7,7 +7,8 @@ annotation's ``area`` field, crowd regions matched by intersection / detection a
 unmatched detections outside the area range ignored, -1 for categories without ground truth.
 
 Instead of pycocotools' Python loops over (image, category, area range, threshold), the work is vectorised:
-1. detections are sorted once in the order ``accumulate()`` visits them (category, score, image, rank);
+1. detections are sorted in the order ``accumulate()`` visits them (category, score, image, rank), with
+   integer keys packed into one int64 and ``np.sort`` rather than successive stable argsorts;
 2. the IoU of every (detection, ground truth) pair of the same image and category is computed in one go;
 3. the greedy matching loops over detection rank only, each step handling all groups, area ranges and IoU
    thresholds at once;
@@ -75,7 +76,10 @@ class CocoDetections:
     scores: np.ndarray
 
     def take(self, index: np.ndarray) -> "CocoDetections":
-        return CocoDetections(self.image[index], self.category[index], self.boxes_xywh[index], self.scores[index])
+        # np.take on axis 0 gathers rows several times faster than fancy indexing of the 2-d boxes
+        return CocoDetections(
+            self.image[index], self.category[index], np.take(self.boxes_xywh, index, axis=0), self.scores[index]
+        )
 
 
 @dataclass
@@ -145,8 +149,9 @@ def _column(records: list, field: str, dtype, source: str, kind: str, width: int
     """
     shape = (len(records),) if width is None else (len(records), width)
     try:
-        values = list(map(operator.itemgetter(field), records))
+        values = map(operator.itemgetter(field), records)  # one pass in C, no list for scalar fields
         if width is not None:  # flat iteration is much faster than np.array on a list of lists
+            values = list(values)
             if not (np.fromiter(map(len, values), dtype=np.int64, count=len(values)) == width).all():
                 raise ValueError
             values = itertools.chain.from_iterable(values)
@@ -173,8 +178,16 @@ def _column(records: list, field: str, dtype, source: str, kind: str, width: int
 
 def _index_of(known: np.ndarray, values: np.ndarray, source: str, field: str, kind: str) -> np.ndarray:
     """Position of each of ``values`` in the sorted ids ``known``; ValueError if some are absent."""
-    index = np.minimum(np.searchsorted(known, values), max(len(known) - 1, 0))
-    bad = (known[index] != values) if len(known) else np.ones(len(values), bool)
+    if len(known) and 0 <= known[0] and known[-1] < 4 * (len(known) + len(values)) + 1024:
+        # dense non-negative ids (the usual case): a lookup table, much faster than a binary search per value;
+        # the table's last slot (-1) answers every value outside 0..max id
+        table = np.full(int(known[-1]) + 2, -1, dtype=np.int64)
+        table[known] = np.arange(len(known))
+        index = table[np.where((values >= 0) & (values <= known[-1]), values, len(table) - 1)]
+        bad = index < 0
+    else:
+        index = np.minimum(np.searchsorted(known, values), max(len(known) - 1, 0))
+        bad = (known[index] != values) if len(known) else np.ones(len(values), bool)
     if bad.any():
         examples = ", ".join(str(v) for v in np.unique(values[bad])[:5])
         raise ValueError(
@@ -322,7 +335,7 @@ def evaluate_coco(gt: CocoGroundTruth, dets: CocoDetections) -> CocoResult:
     a, t, det, is_tp = _match(gt, dets, rank, gt_ignore)
     det_in_area = _in_range(dets.boxes_xywh[:, 2] * dets.boxes_xywh[:, 3])  # pycocotools: area = w * h
     # a detection on an ignored gt and outside the area range changes no count: drop it
-    useful = is_tp | det_in_area[a, det]
+    useful = is_tp | det_in_area.ravel()[a * len(rank) + det]  # flat index: faster than [a, det]
     matches = a[useful], t[useful], det[useful], is_tp[useful]
     precision, recall = _accumulate(dets.category, rank, det_in_area, matches, npig)
     stats = np.array([_summarize(precision, recall, *spec) for spec in STAT_SPECS])
@@ -341,15 +354,48 @@ def _segment_first(keys: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))
 
 
-def _segment_cumsum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """Inclusive cumulative sum of ``values`` restarting at each run (``first`` from ``_segment_first``)."""
-    total = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
-    return total[1:] - total[first]
-
-
 def _stable_argsort(keys: np.ndarray) -> np.ndarray:
     """Stable argsort of non-negative integer keys, cast to the smallest dtype so numpy can use radix sort."""
     return np.argsort(keys.astype(np.min_scalar_type(max(int(keys.max(initial=0)), 1))), kind="stable")
+
+
+def _lexsort_ints(columns: list, sizes: list) -> np.ndarray:
+    """Stable lexicographic argsort of non-negative integer columns (int64[N] each, most significant first,
+    ``columns[i] < sizes[i]``): ties keep their input order.
+
+    When the columns and the row index fit together in 63 bits, they are packed into one int64 per row and
+    sorted with ``np.sort``, which is vectorised (SIMD) and several times faster than a stable argsort - and the
+    row index in the low bits makes the order stable. Otherwise, ``np.lexsort``.
+    """
+    n = len(columns[0]) if columns else 0
+    bits = [max(int(size) - 1, 0).bit_length() for size in sizes]
+    index_bits = max(n - 1, 0).bit_length()
+    if sum(bits) + index_bits > 63:
+        return np.lexsort([np.arange(n), *columns[::-1]])
+    key = np.zeros(n, dtype=np.int64)
+    for column, b in zip(columns, bits):
+        key <<= b
+        key |= column
+    key <<= index_bits
+    key |= np.arange(n)
+    key.sort()
+    key &= (1 << index_bits) - 1
+    return key
+
+
+def _dense_rank_descending(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """int64[N]: rank of each of ``values`` (float64[N]) among the distinct values, 0 for the largest, and the
+    number of ranks. Equal values share a rank, as they tie in a comparison sort: -0.0 and 0.0, and NaNs, which
+    come last as in pycocotools' ``argsort(-scores)``."""
+    order = np.argsort(-values)
+    descending = values[order]
+    new = np.ones(len(values), dtype=bool)
+    nan = np.isnan(descending)
+    new[1:] = (descending[1:] != descending[:-1]) & ~(nan[1:] & nan[:-1])
+    dense = np.cumsum(new) - 1
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = dense
+    return rank, int(dense[-1]) + 1 if len(dense) else 0
 
 
 def _top_detections(dets: CocoDetections, num_classes: int) -> tuple[CocoDetections, np.ndarray]:
@@ -360,17 +406,22 @@ def _top_detections(dets: CocoDetections, num_classes: int) -> tuple[CocoDetecti
     by score - and rank (int64[D]), each detection's position by score within its (image, category), ties in
     input order (pycocotools sorts with the stable mergesort).
     """
-    # successive stable sorts, least significant key first
-    order = _stable_argsort(dets.image)
-    order = order[np.argsort(-dets.scores[order], kind="stable")]
-    order = order[_stable_argsort(dets.category[order])]
-    # in this order a group's detections come by rank, so a stable sort by group lines them up by rank
+    num = len(dets.scores)
+    # scores replaced by their (descending) dense rank, so that every sort key is a small integer
+    score_rank, num_scores = _dense_rank_descending(dets.scores)
+    num_images = int(dets.image.max(initial=0)) + 1
+    # by (image, category, score, input order): a group's detections come by rank
+    order = _lexsort_ints([dets.image, dets.category, score_rank], [num_images, num_classes, num_scores])
     group = (dets.image * num_classes + dets.category)[order]
-    by_group = _stable_argsort(group)
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[by_group] = np.arange(len(order)) - _segment_first(group[by_group])
-    keep = rank < MAX_DETS[-1]
-    return dets.take(order[keep]), rank[keep]
+    rank = np.empty(num, dtype=np.int64)
+    rank[order] = np.arange(num) - _segment_first(group)
+    keep = np.flatnonzero(rank < MAX_DETS[-1])  # increasing, so input order is kept among ties below
+    order = keep[
+        _lexsort_ints(
+            [dets.category[keep], score_rank[keep], dets.image[keep]], [num_classes, num_scores, num_images]
+        )
+    ]
+    return dets.take(order), rank[order]
 
 
 def _match(gt: CocoGroundTruth, dets: CocoDetections, rank: np.ndarray, gt_ignore: np.ndarray) -> tuple:
@@ -388,14 +439,18 @@ def _match(gt: CocoGroundTruth, dets: CocoDetections, rank: np.ndarray, gt_ignor
     by_rank = _stable_argsort(rank)
     pair_det, pair_gt, _ = group_pairs((dets.image * num_classes + dets.category)[by_rank], gt.image * num_classes + gt.category)
     pair_det = by_rank[pair_det]
-    iou = pair_iou(dets.boxes_xywh[pair_det], gt.boxes_xywh[pair_gt], gt.iscrowd[pair_gt])
+    det_boxes, gt_boxes = np.take(dets.boxes_xywh, pair_det, axis=0), np.take(gt.boxes_xywh, pair_gt, axis=0)
+    iou = pair_iou(det_boxes, gt_boxes, gt.iscrowd[pair_gt])
     thresholds = np.minimum(IOU_THRS, 1 - 1e-10)  # as evaluateImg: iou = min([t, 1-1e-10])
     keep = iou >= thresholds.min()  # a pair below every threshold can never match
     pair_det, pair_gt, iou = pair_det[keep], pair_gt[keep], iou[keep]
-    # the state is kept only for detections that have a candidate
+    # the state is kept only for detections that have a candidate. Arrays below put the pair / detection / gt
+    # axis first and (area range, threshold) last, so that each step's gathers and reductions work on
+    # contiguous rows of A * T values.
     candidates, pair_cand = np.unique(pair_det, return_inverse=True)
-    state = np.zeros((num_areas, num_thrs, len(candidates)), dtype=np.int8)  # 0 free, 1 TP, 2 on an ignored gt
-    # One sortable key per (area range, pair) ranks the candidates of a detection as evaluateImg's loop does:
+    # [C, A, T]: 0 free, 1 TP, 2 on an ignored gt
+    state = np.zeros((len(candidates), num_areas, num_thrs), dtype=np.int8)
+    # One sortable key per (pair, area range) ranks the candidates of a detection as evaluateImg's loop does:
     # counted gts before ignored ones (it stops at the first ignored gt once it holds a counted match), then
     # higher IoU, then the later gt in annotation order (the loop replaces its best match on equal IoU).
     det_first = _segment_first(pair_det)
@@ -403,24 +458,50 @@ def _match(gt: CocoGroundTruth, dets: CocoDetections, rank: np.ndarray, gt_ignor
     width = int(offset.max(initial=0)) + 1
     _, iou_rank = np.unique(iou, return_inverse=True)
     levels = int(iou_rank.max(initial=0)) + 1
-    key = ((~gt_ignore[:, pair_gt]).astype(np.int64) * levels + iou_rank) * width + offset  # [A, P]
-    passes = iou[None, :] >= thresholds[:, None]  # [T, P]
-    gt_taken = np.zeros((num_areas, num_thrs, len(gt.image)), dtype=bool)
+    pair_ignored = gt_ignore.T[pair_gt]  # [P, A], C-contiguous
+    key = ((~pair_ignored).astype(np.int64) * levels + iou_rank[:, None]) * width + offset[:, None]
+    key = key[:, :, None]  # [P, A, 1]
+    passes = (iou[:, None] >= thresholds[None, :])[:, None, :]  # [P, 1, T]
+    gt_taken = np.zeros((len(gt.image), num_areas * num_thrs), dtype=bool)  # [G, A * T]
+    crowd = gt.iscrowd[:, None, None]
+    num_at = num_areas * num_thrs  # (area range, threshold) combinations, flattened as a * T + t below
     bounds = np.searchsorted(rank[pair_det], np.arange(MAX_DETS[-1] + 1))
     for start, end in zip(bounds[:-1], bounds[1:]):  # detection rank r, each step for all groups at once
         if start == end:
             continue
         gts = pair_gt[start:end]
+        free = ~gt_taken[gts].reshape(-1, num_areas, num_thrs) | crowd[gts]  # a crowd region absorbs any number
+        cand = np.where(free & passes[start:end], key[start:end], -1).reshape(-1, num_at)  # [n, A * T]
         seg = np.flatnonzero(det_first[start:end] == np.arange(start, end))  # first pair of each detection
-        free = ~gt_taken[:, :, gts] | gt.iscrowd[gts]  # a crowd region can absorb any number of detections
-        cand = np.where(free & passes[None, :, start:end], key[:, None, start:end], -1)
-        best = np.maximum.reduceat(cand, seg, axis=2)  # [A, T, detections in the slice]
-        a, t, i = np.nonzero(best >= 0)
-        win = start + seg[i] + best[a, t, i] % width  # the winning pair
-        gt_taken[a, t, pair_gt[win]] = True
-        state[a, t, pair_cand[win]] = np.where(gt_ignore[a, pair_gt[win]], 2, 1)
-    a, t, c = np.nonzero(state)
-    return a, t, candidates[c], state[a, t, c] == 1
+        best = _segment_max(cand, seg)  # [detections in the slice, A * T]
+        # flat indices (ravel() is a view of these C-contiguous arrays): much faster than fancy indexing with
+        # one index array per axis
+        hit = np.flatnonzero(best >= 0)
+        i, at = np.divmod(hit, num_at)
+        win = start + seg[i] + best.ravel()[hit] % width  # the winning pair
+        gt_taken.ravel()[pair_gt[win] * num_at + at] = True
+        on_ignored = pair_ignored.ravel()[win * num_areas + at // num_thrs]
+        state.ravel()[pair_cand[win] * num_at + at] = np.where(on_ignored, 2, 1)
+    flat = state.reshape(-1, num_at).T.ravel()  # [A * T * C]: sorted by (area range, threshold, detection)
+    hit = np.flatnonzero(flat)
+    at, c = np.divmod(hit, len(candidates))
+    a, t = np.divmod(at, num_thrs)
+    return a, t, candidates[c], flat[hit] == 1
+
+
+def _segment_max(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Row-wise max of ``values`` (int64[N, W]) over the runs of rows beginning at ``starts`` (int64[M],
+    increasing, starts[0] == 0) -> int64[M, W].
+
+    Same as ``np.maximum.reduceat(values, starts, axis=0)``, which costs a call per run; here runs are short
+    and mostly of length one, so a loop over the position in the run (vectorised over runs) is much faster.
+    """
+    lengths = np.diff(starts, append=len(values))
+    best = values[starts]
+    for pos in range(1, int(lengths.max(initial=1))):
+        longer = np.flatnonzero(lengths > pos)
+        best[longer] = np.maximum(best[longer], values[starts[longer] + pos])
+    return best
 
 
 def _accumulate(category, rank, det_in_area, matches, npig) -> tuple[np.ndarray, np.ndarray]:
@@ -433,8 +514,8 @@ def _accumulate(category, rank, det_in_area, matches, npig) -> tuple[np.ndarray,
         npig (int64[A, K]): counted ground truths.
     """
     num_thrs, num_rec, num_classes = len(IOU_THRS), len(REC_THRS), npig.shape[1]
-    precision = -np.ones((num_thrs, num_rec, num_classes, len(AREA_RANGES), len(MAX_DETS)))
-    recall = -np.ones((num_thrs, num_classes, len(AREA_RANGES), len(MAX_DETS)))
+    precision = np.empty((num_thrs, num_rec, num_classes, len(AREA_RANGES), len(MAX_DETS)))  # all set below
+    recall = np.empty((num_thrs, num_classes, len(AREA_RANGES), len(MAX_DETS)))
     need = _needed_true_positives(npig)
     has_gt = npig > 0  # pycocotools skips a category with no counted gt, leaving -1
     class_start = np.searchsorted(category, np.arange(num_classes))
@@ -451,11 +532,15 @@ def _accumulate(category, rank, det_in_area, matches, npig) -> tuple[np.ndarray,
 def _needed_true_positives(npig: np.ndarray) -> np.ndarray:
     """int64[A, K, R]: the fewest true positives c with c / npig >= each recall threshold, compared in float
     exactly as pycocotools' ``searchsorted(rc, recThrs, side='left')`` does on rc = tp / npig."""
-    need = np.zeros((*npig.shape, len(REC_THRS)), dtype=np.int64)
-    for a, k in zip(*np.nonzero(npig)):
-        n = npig[a, k]
-        need[a, k] = np.searchsorted(np.arange(n + 1) / n, REC_THRS, side="left")
-    return need
+    # searchsorted counts the c in 0..n with c / n < threshold; c / n rises with c, so that count is the first
+    # c with c / n >= threshold: start from ceil(threshold * n) and correct the float rounding either way
+    n = np.maximum(npig, 1)[..., None]
+    need = np.clip(np.ceil(REC_THRS * n).astype(np.int64), 0, n + 1)
+    while (fix := (need > 0) & ((need - 1) / n >= REC_THRS)).any():
+        need -= fix
+    while (fix := (need <= n) & (need / n < REC_THRS)).any():
+        need += fix
+    return np.where(npig[..., None] > 0, need, 0)
 
 
 def _precision_at_recall_thresholds(category, class_start, counted_area, a, t, det, is_tp, need) -> tuple:
@@ -474,30 +559,50 @@ def _precision_at_recall_thresholds(category, class_start, counted_area, a, t, d
     Ignored detections (matched to an ignored gt, or unmatched outside the area range) only repeat the
     previous pr and drop out. pr at the j-th true positive is j / (fp + j + eps), where fp counts the unmatched
     in-area detections before it: in-area detections minus matched in-area ones, both counted by cumsums.
+    Both are needed only at true positives; each running count is a global cumsum minus its value before the
+    segment, a per-segment constant computed once per segment (no per-row segment bookkeeping).
     """
     num_areas, num_classes, num_rec = need.shape
     num_thrs = len(IOU_THRS)
     num_segments = num_areas * num_thrs * num_classes
-    in_area_before = np.zeros((num_areas, counted_area.shape[1] + 1), dtype=np.int64)
+    num_dets = counted_area.shape[1]
+    # in_area_before[a * (D + 1) + i]: counted in-area detections among the first i, for area range a
+    in_area_before = np.zeros((num_areas, num_dets + 1), dtype=np.int32 if num_dets < 2**31 else np.int64)
     np.cumsum(counted_area, axis=1, out=in_area_before[:, 1:])
-    k = category[det]
-    segment = (a * num_thrs + t) * num_classes + k  # runs of one (area, threshold, category)
-    first = _segment_first(segment)
-    tp_so_far = _segment_cumsum(is_tp, first)
-    in_area = in_area_before[a, det + 1] - in_area_before[a, class_start[k]]
-    counted = in_area - _segment_cumsum(counted_area[a, det], first) + tp_so_far
-    tp = tp_so_far[is_tp].astype(np.float64)
-    fp = (counted - tp_so_far)[is_tp].astype(np.float64)
+    in_area_before = in_area_before.ravel()  # flat indices below: faster than indexing with [a, det]
+    segment = (a * num_thrs + t) * num_classes + category[det]  # sorted: runs of one (area, threshold, category)
+    matched = counted_area.ravel()[a * num_dets + det]  # bool[N]: the match is a counted in-area detection
+    matched_so_far = np.cumsum(matched, dtype=np.int64)  # over all segments, inclusive
+    # per segment: in-area detections before the first detection of its category (so that in_area_before minus
+    # it counts those of the category only), minus matched_so_far before the segment's first match
+    starts = np.flatnonzero(np.diff(segment, prepend=-1))
+    first_a = a[starts]
+    base = np.zeros(num_segments, dtype=np.int64)
+    base[segment[starts]] = (
+        in_area_before[first_a * (num_dets + 1) + class_start[category[det[starts]]]]
+        - (matched_so_far[starts] - matched[starts])
+    )
+    # at the true positives only
+    tp_rows = np.flatnonzero(is_tp)
+    tp_segment = segment[tp_rows]
+    n_tp = np.bincount(tp_segment, minlength=num_segments)
+    tp = np.arange(1, len(tp_rows) + 1) - (np.cumsum(n_tp) - n_tp)[tp_segment]  # j-th in its segment
+    in_area = in_area_before[a[tp_rows] * (num_dets + 1) + det[tp_rows] + 1]  # inclusive
+    fp = in_area - matched_so_far[tp_rows] - base[tp_segment]
+    tp, fp = tp.astype(np.float64), fp.astype(np.float64)
     pr = tp / (fp + tp + np.spacing(1))
-    n_tp = np.bincount(segment[is_tp], minlength=num_segments)
     # max of pr over true positives [need - 1, n_tp) of each segment: block maxima between consecutive
-    # thresholds with reduceat, then a running max over thresholds from the end
-    j = np.broadcast_to(np.maximum(need, 1)[:, None], (num_areas, num_thrs, num_classes, num_rec)).reshape(-1, num_rec)
-    valid = j <= n_tp[:, None]  # else recall never reaches the threshold: precision 0
-    start = (np.cumsum(n_tp) - n_tp)[:, None] + np.minimum(j - 1, n_tp[:, None])
+    # thresholds with reduceat, then a running max over thresholds from the end. Only segments with a true
+    # positive: the others have precision 0 (their pr values, none, cannot fall in another segment's blocks).
+    rows = np.flatnonzero(n_tp)
+    j = np.maximum(need, 1)[rows // (num_thrs * num_classes), rows % num_classes]  # [S', R]
+    rows_tp = n_tp[rows, None]
+    valid = j <= rows_tp  # else recall never reaches the threshold: precision 0
+    start = (np.cumsum(n_tp) - n_tp)[rows, None] + np.minimum(j - 1, rows_tp)
     block = np.maximum.reduceat(np.append(pr, 0.0), start.ravel()).reshape(-1, num_rec)
-    block = np.where(valid, block, 0.0)
-    prec = np.maximum.accumulate(block[:, ::-1], axis=1)[:, ::-1]
+    block[~valid] = 0.0
+    prec = np.zeros((num_segments, num_rec))
+    prec[rows] = np.maximum.accumulate(block[:, ::-1], axis=1)[:, ::-1]
     shape = (num_areas, num_thrs, num_classes)
     return prec.reshape(*shape, num_rec), n_tp.reshape(shape)
 

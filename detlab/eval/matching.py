@@ -70,12 +70,21 @@ def group_pairs(det_group: np.ndarray, gt_group: np.ndarray) -> tuple[np.ndarray
     """
     gt_order = np.argsort(gt_group, kind="stable")
     sorted_groups = gt_group[gt_order]
-    # most detections share no group with a ground truth: look up only the others (isin is a table lookup)
-    paired = np.flatnonzero(np.isin(det_group, sorted_groups))
-    first = np.zeros(len(det_group), dtype=np.int64)
-    counts = np.zeros(len(det_group), dtype=np.int64)
-    first[paired] = np.searchsorted(sorted_groups, det_group[paired], side="left")
-    counts[paired] = np.searchsorted(sorted_groups, det_group[paired], side="right") - first[paired]
+    num_groups = max(int(det_group.max(initial=-1)), int(gt_group.max(initial=-1))) + 1
+    non_negative = det_group.min(initial=0) >= 0 and gt_group.min(initial=0) >= 0
+    if non_negative and num_groups <= 4 * (len(det_group) + len(gt_group)) + 1024:
+        # dense group ids (the usual case): per-group tables of ground-truth counts and starts, then one lookup
+        # per detection, instead of two binary searches per detection
+        group_count = np.bincount(gt_group, minlength=num_groups)
+        group_first = np.cumsum(group_count) - group_count
+        first, counts = group_first[det_group], group_count[det_group]
+    else:
+        # most detections share no group with a ground truth: look up only the others (isin is a table lookup)
+        paired = np.flatnonzero(np.isin(det_group, sorted_groups))
+        first = np.zeros(len(det_group), dtype=np.int64)
+        counts = np.zeros(len(det_group), dtype=np.int64)
+        first[paired] = np.searchsorted(sorted_groups, det_group[paired], side="left")
+        counts[paired] = np.searchsorted(sorted_groups, det_group[paired], side="right") - first[paired]
     pair_det = np.repeat(np.arange(len(det_group)), counts)
     pair_start = np.cumsum(counts) - counts
     pair_pos = np.arange(len(pair_det)) - np.repeat(pair_start, counts)
