@@ -1,6 +1,7 @@
-"""Score any detector's COCO results JSON against a COCO annotation JSON.
+"""Score any detector's COCO results JSON against a COCO annotation JSON, or a detlab checkpoint on its dataset.
 
     python tools/eval_det.py --results dets.json --ann instances_val2017.json [--out-dir runs/eval] [--voc]
+    python tools/eval_det.py --checkpoint runs/x/best.pt [--set data.root=/data/voc] [--split val|train]
 
 Prints pycocotools' 12 stats and a per-class AP table (``--voc``: VOC AP at ``--iou``, crowd as difficult),
 writes ``metrics.json`` (all figures) and ``pr_curves.png`` into ``--out-dir``. Bad input (malformed JSON,
@@ -20,12 +21,20 @@ from detlab.eval.voc import evaluate_voc_coco
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", required=True, help="COCO results JSON: [{image_id, category_id, bbox, score}]")
-    parser.add_argument("--ann", required=True, help="COCO annotation JSON (instances_*.json)")
+    parser.add_argument("--results", help="COCO results JSON: [{image_id, category_id, bbox, score}]")
+    parser.add_argument("--ann", help="COCO annotation JSON (instances_*.json)")
+    parser.add_argument("--checkpoint", help="a detlab training checkpoint, evaluated on its config's dataset "
+                        "(VOC or COCO metric by dataset) instead of --results/--ann")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="--checkpoint: config overrides")
+    parser.add_argument("--split", default="val", choices=("val", "train"), help="--checkpoint: which images")
     parser.add_argument("--out-dir", default="runs/eval", help="where metrics.json and pr_curves.png go")
     parser.add_argument("--voc", action="store_true", help="VOC AP (11-point and area) instead of COCO stats")
     parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold of --voc (match when IoU > it)")
     args = parser.parse_args(argv)
+    if args.checkpoint:
+        return _evaluate_checkpoint(args)
+    if not (args.results and args.ann):
+        parser.error("give --results and --ann, or --checkpoint")
     try:
         gt = coco_ground_truth_from_dict(read_json(args.ann, "annotation"), source=args.ann)
         dets = coco_detections_from_results(read_json(args.results, "results"), gt, source=args.results)
@@ -38,6 +47,20 @@ def main(argv=None) -> int:
     write_json(result, out / "metrics.json")
     plot_pr_curves(pr_curves(result), out / "pr_curves.png", title=f"{Path(args.results).name}")
     print(f"wrote {out / 'metrics.json'} and {out / 'pr_curves.png'}")
+    return 0
+
+
+def _evaluate_checkpoint(args) -> int:
+    from detlab.config import ConfigError
+    from detlab.engine.evaluate import evaluate_checkpoint
+
+    try:
+        evaluation = evaluate_checkpoint(args.checkpoint, args.set, args.out_dir, args.split)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(evaluation.table)
+    print(f"wrote {Path(args.out_dir) / 'metrics.json'} and {Path(args.out_dir) / 'pr_curves.png'}")
     return 0
 
 

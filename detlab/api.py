@@ -1,0 +1,95 @@
+"""Detector: a trained detection checkpoint ready to predict on paths, PIL images, arrays or tensors.
+
+    det = Detector.from_checkpoint("runs/yolov3_synthetic/best.pt", device="cpu")
+    result = det.predict("image.jpg")        # {"boxes", "scores", "labels", "class_names"}, original pixels
+    results = det.predict([pil_image, array_hwc_uint8, tensor_chw])
+
+``predict`` keeps no state between calls (the model is in eval mode and grad mode is per thread), so one Detector
+may serve several threads at once.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from detlab.config import config_from_dict
+from detlab.engine.checkpoint import load_checkpoint
+from detlab.models import build_model
+
+
+class Detector:
+    """A detector in eval mode with its ``class_names`` and ``config`` (a nested dict, as in the checkpoint)."""
+
+    def __init__(self, model: torch.nn.Module, class_names: list[str], config: dict, device="cpu"):
+        self.model = model.to(device).eval()
+        self.class_names, self.config, self.device = list(class_names), config, torch.device(device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device="cpu", use_ema: bool = True) -> "Detector":
+        """Load a checkpoint written by :func:`detlab.engine.train` (its EMA weights when it has them)."""
+        state = load_checkpoint(path)
+        cfg = config_from_dict(state["config"], source=f"checkpoint {path}")
+        # the weights come from the checkpoint: do not load the backbone's pretrained ones again
+        cfg.model.weights = None
+        model = build_model(cfg.model, len(state["class_names"]))
+        weights = state["ema"]["module"] if use_ema and state.get("ema") else state["model"]
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise ValueError(f"checkpoint {path}: its weights do not fit a {cfg.model.name} with backbone "
+                             f"{cfg.model.backbone} and {len(state['class_names'])} classes ({first})") from e
+        return cls(model, state["class_names"], state["config"], device)
+
+    @torch.inference_mode()
+    def predict(self, images, score_threshold: float = 0.25, batch_size: int = 8):
+        """Detect objects.
+
+        Args:
+            images: a path (str / Path), a PIL image, an ndarray[H, W, 3] uint8 (RGB), a Tensor[3, H, W] (uint8, or
+                float in [0, 1]), or a list of them.
+            score_threshold: keep detections scoring at least this.
+
+        Returns:
+            per image (a list for a list input): ``{"boxes": Tensor[K, 4] xyxy original pixels, "scores":
+            Tensor[K], "labels": Tensor[K], "class_names": list[str]}``.
+        """
+        single = not isinstance(images, (list, tuple))
+        tensors = [as_image_tensor(x) for x in ([images] if single else images)]
+        results = []
+        for start in range(0, len(tensors), batch_size):
+            batch = [t.to(self.device) for t in tensors[start : start + batch_size]]
+            for output in self.model(batch):
+                keep = output["scores"] >= score_threshold
+                result = {k: v[keep].cpu() for k, v in output.items()}
+                result["class_names"] = [self.class_names[i] for i in result["labels"].tolist()]
+                results.append(result)
+        return results[0] if single else results
+
+
+def as_image_tensor(image) -> torch.Tensor:
+    """A path, PIL image, ndarray[H, W, 3] uint8 or Tensor[3, H, W] -> Tensor[3, H, W] (uint8, or float in
+    [0, 1] as given); anything else is a clear error."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        try:
+            with Image.open(path) as pil:
+                image = pil.convert("RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"image {path} cannot be decoded ({e})") from e
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"ndarray image must be [H, W, 3] uint8 RGB, got {image.shape} {image.dtype}")
+        return torch.from_numpy(image.copy()).permute(2, 0, 1)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"tensor image must be [3, H, W], got {tuple(image.shape)}")
+        return image
+    raise TypeError(f"cannot predict on a {type(image).__name__}: give a path, PIL image, ndarray[H, W, 3] uint8 "
+                    f"or Tensor[3, H, W]")

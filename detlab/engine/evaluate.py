@@ -1,0 +1,82 @@
+"""Evaluation of a detector on a dataset with the detlab evaluator (VOC or COCO metric), and of a checkpoint.
+
+The model is anything following torchvision's detection contract in eval mode: ``model(images) -> [{"boxes",
+"scores", "labels"}]`` with boxes in the given images' pixels; targets come untransformed from the dataset.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from detlab.data import make_loader
+from detlab.eval import evaluate_coco_predictions, evaluate_voc, format_coco, format_voc
+from detlab.eval.report import plot_pr_curves, pr_curves, write_json
+
+
+@dataclass
+class Evaluation:
+    """``result`` (VocResult or CocoResult), ``table`` (printable), ``headline`` (mAP@0.5 for VOC — all-point
+    area — and AP@[.5:.95] for COCO) and ``ap50`` (AP at IoU 0.5 either way)."""
+
+    result: object
+    table: str
+    headline: float
+    ap50: float
+
+
+@torch.inference_mode()
+def predict_dataset(model, dataset, batch_size: int = 8, num_workers: int = 0, device="cpu",
+                    progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Run ``model`` (put in eval mode) over ``dataset``; returns (predictions, targets) on the CPU, per image."""
+    model.eval()
+    predictions, targets = [], []
+    loader = make_loader(dataset, batch_size, num_workers=num_workers, pin_memory=False)
+    for images, batch_targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        outputs = model([image.to(device) for image in images])
+        predictions += [{k: v.cpu() for k, v in output.items()} for output in outputs]
+        targets += batch_targets
+    return predictions, targets
+
+
+def score(predictions: list[dict], targets: list[dict], class_names: list[str], metric: str) -> Evaluation:
+    """The detlab evaluator's figures for one run."""
+    if metric == "voc":
+        result = evaluate_voc(predictions, targets, len(class_names), class_names=class_names)
+        return Evaluation(result, format_voc(result), result.map_area, result.map_area)
+    result = evaluate_coco_predictions(predictions, targets, len(class_names), class_names)
+    return Evaluation(result, format_coco(result), float(result.stats[0]), float(result.stats[1]))
+
+
+def evaluate_model(model, dataset, class_names: list[str], metric: str, batch_size: int = 8, device="cpu",
+                   progress: bool = True) -> Evaluation:
+    predictions, targets = predict_dataset(model, dataset, batch_size, device=device, progress=progress)
+    return score(predictions, targets, class_names, metric)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None,
+                        split: str = "val", device: str = "cpu") -> Evaluation:
+    """Evaluate a training checkpoint on its own config's dataset (``overrides`` change it, e.g.
+    ``data.root=...``); ``split`` is ``"val"`` or ``"train"``. Writes metrics.json and pr_curves.png into
+    ``out_dir`` when given."""
+    from detlab.api import Detector  # the API owns checkpoint -> model
+    from detlab.config import load_config
+    from detlab.engine.data import build_data, untransformed
+
+    detector = Detector.from_checkpoint(checkpoint, device=device)
+    cfg = load_config(None, overrides, base=detector.config)
+    data = build_data(cfg.data, cfg.model.image_size, cfg.train.seed)
+    if split not in ("val", "train"):
+        raise ValueError(f"split: {split!r} is not valid; valid choices: val, train")
+    dataset = data.val if split == "val" else untransformed(data.train)
+    evaluation = evaluate_model(detector.model, dataset, detector.class_names, data.metric, device=device)
+    if out_dir is not None:
+        write_report(evaluation, out_dir, title=Path(checkpoint).name)
+    return evaluation
+
+
+def write_report(evaluation: Evaluation, out_dir: str | Path, title: str) -> None:
+    out = Path(out_dir)
+    write_json(evaluation.result, out / "metrics.json")
+    plot_pr_curves(pr_curves(evaluation.result), out / "pr_curves.png", title=title)

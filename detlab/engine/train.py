@@ -1,0 +1,231 @@
+"""The training loop of every detlab detector.
+
+    summary = train(load_config("configs/yolov3_resnet50_voc.yaml", ["train.epochs=50"]))
+
+It knows a model only through torchvision's detection contract (``model(images, targets) -> dict of losses`` in
+train mode, ``model(images) -> [{"boxes", "scores", "labels"}]`` in eval mode) and builds it with
+:func:`detlab.models.build_model`. Per run folder (``train.out_dir``): ``last.pt`` and ``best.pt`` (see
+:mod:`detlab.engine.checkpoint`), ``log.jsonl`` (+ TensorBoard when installed), ``train_batch0.png``,
+``loss.png``, ``map.png``, ``metrics.json`` and ``pr_curves.png`` of the last evaluation.
+
+Determinism: epoch ``e`` reseeds torch with ``seed + e`` and shuffles with a loader seeded the same way, so an
+epoch's batches and augmentations do not depend on the epochs before it, and ``resume`` continues exactly.
+"""
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from detlab.config import Config, config_to_dict
+from detlab.data import make_loader
+from detlab.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from detlab.engine.data import build_data
+from detlab.engine.ema import ModelEMA
+from detlab.engine.evaluate import evaluate_model, write_report
+from detlab.engine.logger import RunLogger, draw_batch, plot_curves
+from detlab.models import build_model
+from detlab.transfer import apply_strategy, param_groups
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without touching its checkpoints."""
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over :func:`detlab.transfer.param_groups` (backbone LR multiplier, no decay on
+    norms and biases)."""
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_mult)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def lr_factor(cfg, iterations_per_epoch: int):
+    """Iteration -> LR multiplier: linear warmup from 1% over ``warmup_epochs``, then cosine down to 1% or
+    steps of ``gamma`` at the ``milestones`` (fractions of the run)."""
+    total = cfg.epochs * iterations_per_epoch
+    warmup = cfg.warmup_epochs * iterations_per_epoch
+
+    def factor(iteration: int) -> float:
+        if iteration < warmup:
+            return 0.01 + 0.99 * iteration / warmup
+        if cfg.schedule == "cosine":
+            progress = (iteration - warmup) / max(total - warmup, 1)
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return cfg.gamma ** sum(iteration >= m * total for m in cfg.milestones)
+
+    return factor
+
+
+class Trainer:
+    """One training run: model, optimizer, schedule, EMA, data and logs of a :class:`Config`."""
+
+    def __init__(self, cfg: Config, print_fn=print):
+        self.cfg, self.print = cfg, print_fn
+        t = cfg.train
+        if t.threads is not None:
+            torch.set_num_threads(t.threads)
+        self.device = torch.device(t.device)
+        torch.manual_seed(t.seed)
+        self.data = build_data(cfg.data, cfg.model.image_size, t.seed)
+        self.model = build_model(cfg.model, len(self.data.class_names))
+        apply_strategy(self.model, t.transfer)
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(self.model, t)
+        # one partial batch at most per epoch; a dataset smaller than a batch is still one batch
+        self.drop_last = len(self.data.train) > t.batch_size
+        n = len(self.data.train)
+        self.iterations_per_epoch = n // t.batch_size if self.drop_last else 1
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t, self.iterations_per_epoch))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
+        self.ema = ModelEMA(self.model, t.ema_decay, t.ema_tau) if t.ema else None
+        self.out = Path(t.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.epoch, self.history, self.best_metric, self.best_epoch = 0, [], -math.inf, None
+
+    # ---- checkpoints
+
+    def state(self) -> dict:
+        return {
+            "config": config_to_dict(self.cfg),
+            "class_names": list(self.data.class_names),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "rng": rng_state(),
+            "history": self.history,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+        }
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from checkpoint ``path`` (written by a run of the same model and classes)."""
+        state = load_checkpoint(path)
+        theirs, ours = state["config"]["model"], config_to_dict(self.cfg)["model"]
+        differ = [k for k in ("name", "backbone", "image_size", "neck_channels", "anchors") if theirs[k] != ours[k]]
+        if differ or state["class_names"] != list(self.data.class_names):
+            what = ", ".join(f"model.{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in differ) or "class names"
+            raise ValueError(f"cannot resume from {path}: it is another model ({what})")
+        self.model.load_state_dict(state["model"])
+        if self.ema and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+        self.print(f"resumed from {path} after epoch {self.epoch}")
+
+    # ---- the loop
+
+    def fit(self) -> dict:
+        """Train the remaining epochs; returns the summary of the run (see :func:`train`)."""
+        t = self.cfg.train
+        logger = RunLogger(self.out, self.print)
+        start = time.perf_counter()
+        evaluation = None
+        try:
+            while self.epoch < t.epochs:
+                record = self.train_one_epoch()
+                self.epoch += 1
+                if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
+                    evaluation = self.evaluate()
+                    record.update(mAP50=evaluation.ap50, metric=evaluation.headline)
+                    if evaluation.headline > self.best_metric:
+                        self.best_metric, self.best_epoch = evaluation.headline, self.epoch
+                        save_checkpoint(self.state(), self.out / "best.pt")
+                self.history.append(record)
+                logger.log(record)
+                save_checkpoint(self.state(), self.out / "last.pt")
+                self.plot()
+        finally:
+            logger.close()
+        seconds = time.perf_counter() - start
+        if evaluation is None:  # resumed a finished run: evaluate once so there is a table to show
+            evaluation = self.evaluate()
+        write_report(evaluation, self.out, title=f"{self.cfg.model.name} {self.cfg.data.dataset}")
+        return {"metric": self.data.metric, "headline": evaluation.headline, "ap50": evaluation.ap50,
+                "table": evaluation.table, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+                "seconds": seconds, "out_dir": str(self.out)}
+
+    def train_one_epoch(self) -> dict:
+        t = self.cfg.train
+        torch.manual_seed(t.seed + self.epoch)
+        loader = make_loader(self.data.train, t.batch_size, shuffle=True, num_workers=self.cfg.data.num_workers,
+                             seed=t.seed + self.epoch, drop_last=self.drop_last)
+        self.model.train()
+        sums, count, start = {}, 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True)
+        for images, targets in bar:
+            if self.epoch == 0 and count == 0:
+                draw_batch(images[:16], targets[:16], self.data.class_names, self.out / "train_batch0.png")
+            losses = self.step(images, targets)
+            count += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in losses.items()}
+                            | {"lr": f"{self.optimizer.param_groups[0]['lr']:.2e}"})
+        record = {k: v / max(count, 1) for k, v in sums.items()}
+        return {"kind": "epoch", "step": self.epoch + 1, "epoch": self.epoch + 1, **record,
+                "lr": self.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - start}
+
+    def step(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, float]:
+        """One optimizer step; returns the loss parts and their sum ``"loss"`` as floats."""
+        t = self.cfg.train
+        images = [image.to(self.device, non_blocking=True) for image in images]
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(t.amp), enabled=t.amp != "off"):
+            losses = self.model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            last = self.out / "last.pt"
+            kept = f"the last good checkpoint {last} (epoch {self.epoch}) is intact" if last.exists() else \
+                "no checkpoint was written yet"
+            raise NonFiniteLossError(f"non-finite loss at epoch {self.epoch + 1} ({parts}); stopping: {kept}. "
+                                     f"Try a lower train.lr, train.clip_grad_norm or train.amp=off")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema:
+            self.ema.update(self.model)
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+    def evaluate(self):
+        model = self.ema.module if self.ema else self.model
+        evaluation = evaluate_model(model, self.data.val, self.data.class_names, self.data.metric,
+                                    batch_size=self.cfg.train.batch_size, device=self.device)
+        self.print(f"epoch {self.epoch}: {self.data.metric} AP50 {evaluation.ap50:.4f}"
+                   + (f", AP {evaluation.headline:.4f}" if self.data.metric == "coco" else ""))
+        return evaluation
+
+    def plot(self) -> None:
+        loss_keys = [k for k in self.history[-1] if k.startswith("loss")]
+        plot_curves(self.history, loss_keys, self.out / "loss.png", "training loss", "loss per image")
+        plot_curves(self.history, ["mAP50"], self.out / "map.png", "validation AP@0.5", "AP50")
+
+
+def train(cfg: Config, resume: str | Path | None = None, print_fn=print) -> dict:
+    """Train ``cfg`` (continuing checkpoint ``resume`` if given).
+
+    Returns:
+        ``{"metric": "voc" | "coco", "headline", "ap50", "table", "best_metric", "best_epoch", "seconds",
+        "out_dir"}`` of the last evaluation. Raises :class:`NonFiniteLossError` when the loss diverges.
+    """
+    trainer = Trainer(cfg, print_fn)
+    if resume is not None:
+        trainer.resume(resume)
+    return trainer.fit()

@@ -1,0 +1,245 @@
+"""YOLOv3 head: prediction layers, target assignment, loss and decoding (Redmon & Farhadi 2018).
+
+Per level (stride 8, 16, 32) and per anchor (3 each) every cell predicts ``5 + C`` numbers:
+``tx, ty, tw, th, objectness, class_1..class_C``. A box decodes as
+``centre = (sigmoid(t_xy) + cell) * stride`` and ``size = anchor * exp(t_wh)``; objectness and classes are
+independent sigmoids (multi-label). Anchors are ``(w, h)`` in input pixels, smallest first: anchors ``3i..3i+2``
+belong to level ``i``.
+
+Assignment: each ground truth goes to the cell holding its centre, at its best anchor by shape IoU (optionally
+also at every anchor whose IoU exceeds ``multi_anchor_threshold``). Predictions that are not assigned but whose
+decoded box overlaps some ground truth by more than ``ignore_threshold`` get no objectness loss: they are good
+boxes, just not the chosen ones.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detlab.boxes import aligned_iou, wh_iou
+from detlab.necks.fpn import ConvBNAct
+
+BOX_LOSSES = ("paper", "giou", "ciou")
+ANCHORS_PER_LEVEL = 3
+# exp(t_wh) is clamped so that a wild early prediction cannot overflow (a box 1000x its anchor is never right)
+MAX_LOG_SCALE = math.log(1000.0)
+
+
+class YOLOHead(nn.Module):
+    """Per level: 3x3 ConvBNAct (c -> 2c) then a 1x1 Conv2d to ``anchors x (5 + num_classes)``.
+
+    ``forward(features)``: list of Tensor[B, channels[i], H_i, W_i] -> list of Tensor[B, A, H_i, W_i, 5 + C]
+    (raw logits, A = 3 anchors).
+    """
+
+    def __init__(self, channels: list[int], num_classes: int, strides: list[int], image_size: int):
+        super().__init__()
+        self.num_classes = num_classes
+        outputs = ANCHORS_PER_LEVEL * (5 + num_classes)
+        self.convs = nn.ModuleList(ConvBNAct(c, 2 * c, 3) for c in channels)
+        self.predictors = nn.ModuleList(nn.Conv2d(2 * c, outputs, 1) for c in channels)
+        for predictor, stride in zip(self.predictors, strides):
+            bias = predictor.bias.detach().view(ANCHORS_PER_LEVEL, 5 + num_classes)
+            # start from low prior probabilities (as YOLOv5/RetinaNet) instead of 0.5: the first steps then do
+            # not spend themselves pushing down thousands of background cells
+            bias[:, 4] = math.log(8 / (image_size / stride) ** 2)
+            bias[:, 5:] = math.log(0.6 / max(num_classes - 0.99, 1.0))
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        outputs = []
+        for x, conv, predictor in zip(features, self.convs, self.predictors):
+            p = predictor(conv(x))
+            b, _, h, w = p.shape
+            outputs.append(p.view(b, ANCHORS_PER_LEVEL, 5 + self.num_classes, h, w).permute(0, 1, 3, 4, 2))
+        return outputs
+
+
+def decode_boxes(output: torch.Tensor, anchors: torch.Tensor, stride: int) -> torch.Tensor:
+    """Boxes of one level's predictions.
+
+    Args:
+        output (Tensor[B, A, H, W, 5 + C]): raw head output.
+        anchors (Tensor[A, 2]): (w, h) of this level's anchors in input pixels.
+
+    Returns:
+        boxes (Tensor[B, A, H, W, 4]) xyxy input pixels.
+    """
+    h, w = output.shape[2:4]
+    ys, xs = torch.meshgrid(torch.arange(h, device=output.device), torch.arange(w, device=output.device),
+                            indexing="ij")
+    grid = torch.stack([xs, ys], dim=-1).to(output.dtype)  # [H, W, 2]
+    centre = (output[..., :2].sigmoid() + grid) * stride
+    size = anchors.view(1, -1, 1, 1, 2).to(output) * output[..., 2:4].clamp(max=MAX_LOG_SCALE).exp()
+    return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+
+
+@dataclass
+class LevelTargets:
+    """The positives of one level: index ``(batch, anchor, gy, gx)`` (Tensor[P] each) into the level's output,
+    with the ground truth ``boxes`` (Tensor[P, 4] xyxy input pixels) and ``labels`` (Tensor[P]) they learn."""
+
+    batch: torch.Tensor
+    anchor: torch.Tensor
+    gy: torch.Tensor
+    gx: torch.Tensor
+    boxes: torch.Tensor
+    labels: torch.Tensor
+
+
+def assign_targets(targets: list[dict], anchors: torch.Tensor, strides: list[int], grid_sizes: list[tuple],
+                   multi_anchor_threshold: float | None = None) -> list[LevelTargets]:
+    """Assign ground truths to (level, anchor, cell).
+
+    Args:
+        targets: per image, boxes (Tensor[N, 4] xyxy input pixels) and labels (Tensor[N]).
+        anchors (Tensor[3L, 2]): all anchors, smallest first, three per level.
+        strides: stride of each level; grid_sizes: (H, W) of each level.
+        multi_anchor_threshold: None: one anchor per ground truth (the paper); else also every anchor with shape
+            IoU above it.
+
+    Returns:
+        one :class:`LevelTargets` per level. When two ground truths land on the same anchor and cell, the later
+        one wins (the tensor write order), as in darknet.
+    """
+    device = anchors.device
+    batch = torch.cat([torch.full((len(t["boxes"]),), i, dtype=torch.int64) for i, t in enumerate(targets)])
+    boxes = torch.cat([t["boxes"].reshape(-1, 4).float() for t in targets]).to(device)
+    labels = torch.cat([t["labels"].reshape(-1) for t in targets]).to(device)
+    batch = batch.to(device)
+    ious = wh_iou(boxes[:, 2:] - boxes[:, :2], anchors)  # [G, 3L]
+    chosen = F.one_hot(ious.argmax(1), len(anchors)).bool() if len(boxes) else ious.bool()
+    if multi_anchor_threshold is not None:
+        chosen |= ious > multi_anchor_threshold
+    gt_index, anchor_index = chosen.nonzero(as_tuple=True)
+    centres = (boxes[gt_index, :2] + boxes[gt_index, 2:]) / 2
+    per_level = []
+    for level, (stride, (h, w)) in enumerate(zip(strides, grid_sizes)):
+        on_level = anchor_index // ANCHORS_PER_LEVEL == level
+        g, c = gt_index[on_level], centres[on_level]
+        per_level.append(LevelTargets(
+            batch=batch[g],
+            anchor=anchor_index[on_level] % ANCHORS_PER_LEVEL,
+            gy=(c[:, 1] / stride).floor().long().clamp(0, h - 1),
+            gx=(c[:, 0] / stride).floor().long().clamp(0, w - 1),
+            boxes=boxes[g],
+            labels=labels[g],
+        ))
+    return per_level
+
+
+def ignore_mask(pred_boxes: torch.Tensor, targets: list[dict], threshold: float) -> torch.Tensor:
+    """pred_boxes (Tensor[B, A, H, W, 4]) -> bool Tensor[B, A, H, W]: best IoU with a ground truth of the same
+    image above ``threshold``."""
+    b = pred_boxes.shape[0]
+    most = max(len(t["boxes"]) for t in targets)
+    if most == 0:
+        return torch.zeros(pred_boxes.shape[:-1], dtype=torch.bool, device=pred_boxes.device)
+    # pad to [B, G, 4] with empty boxes, whose IoU with anything is 0
+    gt = pred_boxes.new_zeros(b, most, 4)
+    for i, t in enumerate(targets):
+        gt[i, : len(t["boxes"])] = t["boxes"].to(gt)
+    flat = pred_boxes.reshape(b, -1, 1, 4)
+    best = aligned_iou(flat, gt[:, None]).amax(-1)  # [B, A*H*W]
+    return (best > threshold).view(pred_boxes.shape[:-1])
+
+
+class YOLOLoss(nn.Module):
+    """The YOLOv3 loss, summed over levels and divided by the batch size.
+
+    - objectness: BCE on positives (target 1) and on negatives outside the ignore mask (target 0);
+    - classes: BCE per class on positives (multi-label);
+    - box on positives, weighted by ``2 - w * h / image area`` (small boxes count more): ``"paper"``: BCE of
+      sigmoid(t_xy) against the centre's offset in its cell + squared error of t_wh against log(size / anchor);
+      ``"giou"`` / ``"ciou"``: 1 - GIoU / CIoU of the decoded box.
+
+    ``forward(outputs, targets, anchors, strides, image_size)`` -> ``{"loss_box", "loss_obj", "loss_cls"}``.
+    """
+
+    def __init__(self, box_loss: str = "paper", ignore_threshold: float = 0.5,
+                 multi_anchor_threshold: float | None = None):
+        super().__init__()
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"unknown box_loss {box_loss!r}; valid choices: {', '.join(BOX_LOSSES)}")
+        self.box_loss, self.ignore_threshold = box_loss, ignore_threshold
+        self.multi_anchor_threshold = multi_anchor_threshold
+
+    def forward(self, outputs: list[torch.Tensor], targets: list[dict], anchors: torch.Tensor, strides: list[int],
+                image_size: int) -> dict[str, torch.Tensor]:
+        outputs = [o.float() for o in outputs]  # losses in float32 under autocast
+        assigned = assign_targets(targets, anchors, strides, [o.shape[2:4] for o in outputs],
+                                  self.multi_anchor_threshold)
+        losses = dict.fromkeys(("loss_box", "loss_obj", "loss_cls"), outputs[0].new_zeros(()))
+        for level, (output, pos, stride) in enumerate(zip(outputs, assigned, strides)):
+            level_anchors = anchors[level * ANCHORS_PER_LEVEL : (level + 1) * ANCHORS_PER_LEVEL]
+            pred_boxes = decode_boxes(output, level_anchors, stride)
+            index = (pos.batch, pos.anchor, pos.gy, pos.gx)
+            with torch.no_grad():
+                counted = ~ignore_mask(pred_boxes.detach(), targets, self.ignore_threshold)
+                obj_target = torch.zeros_like(counted, dtype=output.dtype)
+                obj_target[index] = 1.0
+                counted[index] = True
+            obj = F.binary_cross_entropy_with_logits(output[..., 4], obj_target, reduction="none")
+            losses["loss_obj"] = losses["loss_obj"] + (obj * counted).sum()
+            if len(pos.batch) == 0:
+                continue
+            picked = output[index]  # [P, 5 + C]
+            cls_target = F.one_hot(pos.labels, output.shape[-1] - 5).to(picked)
+            losses["loss_cls"] = losses["loss_cls"] + F.binary_cross_entropy_with_logits(
+                picked[:, 5:], cls_target, reduction="sum")
+            wh = pos.boxes[:, 2:] - pos.boxes[:, :2]
+            weight = 2.0 - wh.prod(-1) / image_size**2
+            box = self._box_loss(picked, pred_boxes[index], pos, level_anchors[pos.anchor], wh, stride)
+            losses["loss_box"] = losses["loss_box"] + (box * weight).sum()
+        return {name: value / len(targets) for name, value in losses.items()}
+
+    def _box_loss(self, picked, pred_boxes, pos: LevelTargets, anchors, wh, stride) -> torch.Tensor:
+        """Per positive box loss, Tensor[P]."""
+        if self.box_loss != "paper":
+            return 1.0 - aligned_iou(pred_boxes, pos.boxes, self.box_loss)
+        centre = (pos.boxes[:, :2] + pos.boxes[:, 2:]) / 2
+        cell = torch.stack([pos.gx, pos.gy], dim=1).to(centre)
+        xy = F.binary_cross_entropy_with_logits(picked[:, :2], (centre / stride - cell).clamp(0, 1), reduction="none")
+        log_wh = torch.log(wh.clamp(min=1e-3) / anchors)
+        return xy.sum(-1) + (picked[:, 2:4] - log_wh).pow(2).sum(-1)
+
+
+def postprocess(outputs: list[torch.Tensor], anchors: torch.Tensor, strides: list[int], score_threshold: float,
+                nms_threshold: float, max_detections: int, multi_label: bool = True,
+                pre_nms_top_k: int = 2000) -> list[dict]:
+    """Detections per image in input pixels.
+
+    Each (box, class) pair scores ``sigmoid(objectness) * sigmoid(class)``. ``multi_label``: every pair may be a
+    detection (a box may appear under several classes); else only each box's best class (fewer duplicates of
+    one object under a look-alike class, which per-class NMS cannot remove). Pairs above ``score_threshold``, at
+    most ``pre_nms_top_k`` per image, go through per-class NMS (:func:`detlab.ops.batched_nms`) and the best
+    ``max_detections`` remain.
+
+    Returns:
+        per image ``{"boxes": Tensor[K, 4], "scores": Tensor[K], "labels": Tensor[K]}``, scores descending.
+    """
+    from detlab.ops import batched_nms  # imported here: building the native ops is only needed to predict
+
+    boxes, scores = [], []
+    for level, (output, stride) in enumerate(zip(outputs, strides)):
+        output = output.float()
+        level_anchors = anchors[level * ANCHORS_PER_LEVEL : (level + 1) * ANCHORS_PER_LEVEL]
+        boxes.append(decode_boxes(output, level_anchors, stride).flatten(1, 3))
+        scores.append((output[..., 4:5].sigmoid() * output[..., 5:].sigmoid()).flatten(1, 3))
+    boxes, scores = torch.cat(boxes, 1), torch.cat(scores, 1)  # [B, N, 4], [B, N, C]
+    results = []
+    if not multi_label:
+        best = scores.max(-1, keepdim=True)
+        scores = torch.zeros_like(scores).scatter_(-1, best.indices, best.values)
+    for image_boxes, image_scores in zip(boxes, scores):
+        flat = image_scores.flatten()
+        candidates = (flat > score_threshold).nonzero().squeeze(1)
+        if len(candidates) > pre_nms_top_k:
+            candidates = candidates[flat[candidates].topk(pre_nms_top_k).indices]
+        box_index, labels = candidates // image_scores.shape[1], candidates % image_scores.shape[1]
+        keep = batched_nms(image_boxes[box_index], flat[candidates], labels, nms_threshold)[:max_detections]
+        results.append({"boxes": image_boxes[box_index[keep]], "scores": flat[candidates[keep]],
+                        "labels": labels[keep]})
+    return results

@@ -1,0 +1,106 @@
+"""YOLOv3 = detlab backbone (C3, C4, C5) + :class:`~detlab.necks.YOLOv3Neck` + :class:`~detlab.heads.yolo.YOLOHead`.
+
+torchvision's detection contract: ``model(images, targets) -> {"loss_box", "loss_obj", "loss_cls"}`` in train mode,
+``model(images) -> [{"boxes", "scores", "labels"}]`` in eval mode. ``images`` are a list of Tensor[3, H_i, W_i]
+(uint8, or float in [0, 1]) of any sizes, or one Tensor[B, 3, H, W]; the model letterboxes each to
+``image_size x image_size`` and normalises it itself, and returns boxes in the pixels of the images it was given.
+"""
+
+import torch
+from torch import nn
+
+from detlab.backbones import build_backbone
+from detlab.data.transforms import Letterbox, to_original_boxes
+from detlab.heads.yolo import YOLOHead, YOLOLoss, postprocess
+from detlab.necks import YOLOv3Neck
+
+#: The paper's nine COCO anchors (w, h) for a 416 x 416 input, smallest first.
+COCO_ANCHORS_416 = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326))
+LEVELS = ("c3", "c4", "c5")
+
+
+def default_anchors(image_size: int) -> list[list[float]]:
+    """The paper's anchors scaled from its 416 input to ``image_size``: objects keep their share of the image."""
+    return [[w * image_size / 416, h * image_size / 416] for w, h in COCO_ANCHORS_416]
+
+
+class YOLOv3(nn.Module):
+    """A YOLOv3 detector (see module docstring for the contract).
+
+    Args:
+        backbone: a :class:`detlab.backbones.Backbone` returning ``LEVELS``.
+        num_classes: C; labels are 0..C-1.
+        anchors: nine (w, h) in input pixels, smallest first (three per level, stride 8 first).
+        image_size: side of the square letterboxed input.
+        neck_channels: neck output channels per level, finest first.
+        loss: the :class:`YOLOLoss` to train with.
+        score_threshold, nms_threshold, max_detections, multi_label: inference settings (see :func:`postprocess`).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, anchors, image_size: int, neck_channels,
+                 loss: YOLOLoss, score_threshold: float = 0.01, nms_threshold: float = 0.45,
+                 max_detections: int = 100, multi_label: bool = True):
+        super().__init__()
+        if len(anchors) != 9:
+            raise ValueError(f"anchors: YOLOv3 needs 9 anchors (3 per level), got {len(anchors)}")
+        self.backbone = backbone
+        self.strides = [backbone.strides[level] for level in LEVELS]
+        self.neck = YOLOv3Neck([backbone.out_channels[level] for level in LEVELS], list(neck_channels))
+        self.head = YOLOHead(list(neck_channels), num_classes, self.strides, image_size)
+        self.loss = loss
+        self.num_classes, self.image_size = num_classes, image_size
+        self.score_threshold, self.nms_threshold, self.max_detections = score_threshold, nms_threshold, max_detections
+        self.multi_label = multi_label
+        anchors = torch.as_tensor(anchors, dtype=torch.float32)
+        self.register_buffer("anchors", anchors[anchors.prod(1).argsort()], persistent=False)
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.letterbox = Letterbox(image_size)
+
+    def forward(self, images, targets: list[dict] | None = None):
+        if self.training and targets is None:
+            raise ValueError("YOLOv3 in train mode needs targets (call model.eval() to predict)")
+        batch, targets = self.preprocess(images, targets)
+        outputs = self.head(self.neck(self.backbone(batch)))
+        if self.training:
+            return self.loss(outputs, targets, self.anchors, self.strides, self.image_size)
+        detections = postprocess(outputs, self.anchors, self.strides, self.score_threshold, self.nms_threshold,
+                                 self.max_detections, self.multi_label)
+        for detection, target in zip(detections, targets):
+            detection["boxes"] = to_original_boxes(detection["boxes"], target)
+        return detections
+
+    def preprocess(self, images, targets: list[dict] | None = None) -> tuple[torch.Tensor, list[dict]]:
+        """Letterbox and normalise.
+
+        Returns:
+            batch (Tensor[B, 3, S, S]) normalised; per image the target moved to the letterboxed pixels (boxes,
+            labels, plus ``scale``/``offset``/``orig_size`` to map predictions back). Without targets, the
+            per-image targets hold only that mapping.
+        """
+        if len(images) == 0:
+            raise ValueError("images: empty batch")
+        if targets is None:
+            targets = [{"boxes": torch.zeros(0, 4)} for _ in images]
+        if len(targets) != len(images):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        letterboxed, moved = [], []
+        for image, target in zip(images, targets):
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"images: each must be Tensor[3, H, W], got shape {tuple(image.shape)}")
+            target = {"orig_size": torch.tensor(image.shape[-2:]), **target}
+            if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
+                image, target = self.letterbox(image, target)
+            letterboxed.append(image if image.dtype != torch.uint8 else image.float() / 255)
+            moved.append(target)
+        batch = torch.stack(letterboxed).to(self.mean.device, non_blocking=True)
+        return (batch - self.mean) / self.std, moved
+
+
+def build_yolov3(cfg, num_classes: int) -> YOLOv3:
+    """A :class:`YOLOv3` from a :class:`detlab.config.ModelConfig`."""
+    backbone = build_backbone(cfg.backbone, weights=cfg.weights, levels=LEVELS)
+    loss = YOLOLoss(cfg.box_loss, cfg.ignore_threshold, cfg.multi_anchor_threshold)
+    anchors = cfg.anchors if cfg.anchors is not None else default_anchors(cfg.image_size)
+    return YOLOv3(backbone, num_classes, anchors, cfg.image_size, cfg.neck_channels, loss, cfg.score_threshold,
+                  cfg.nms_threshold, cfg.max_detections, cfg.multi_label)

@@ -1,0 +1,140 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from det_helpers import TINY, tiny_config, train_tiny
+
+from detlab.engine import FORMAT, NonFiniteLossError, Trainer, load_checkpoint, save_checkpoint, train
+from detlab.engine.train import lr_factor
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_checkpoint_is_self_describing_and_weights_only_loadable(tmp_path):
+    last = train_tiny(tmp_path)
+    state = torch.load(last, weights_only=True)
+    assert state["format"] == FORMAT and state["epoch"] == 1
+    assert state["class_names"] == ["rectangle", "ellipse", "triangle", "star"]
+    assert state["config"]["model"]["backbone"] == "resnet18" and state["detlab_version"]
+    assert {"model", "ema", "optimizer", "scheduler", "scaler", "rng", "history"} <= set(state)
+    for name in ("best.pt", "log.jsonl", "train_batch0.png", "loss.png", "map.png", "metrics.json", "pr_curves.png"):
+        assert (tmp_path / name).exists(), name
+    record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert record["epoch"] == 1 and "mAP50" in record and "loss_obj" in record
+
+
+def test_atomic_write_keeps_the_old_file_when_saving_fails(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"epoch": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_checkpoint({"epoch": 2, "bad": Unpicklable()}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_load_rejects_other_files(tmp_path):
+    torch.save({"format": "detlab.classify/1"}, tmp_path / "cls.pt")
+    with pytest.raises(ValueError, match="not a detlab detection checkpoint"):
+        load_checkpoint(tmp_path / "cls.pt")
+    (tmp_path / "junk.pt").write_text("junk")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_resume_continues_exactly(tmp_path):
+    two = tiny_config(tmp_path / "two", "train.epochs=2")
+    train(two, print_fn=lambda *a: None)
+    # the same run stopped after one epoch (a 1-epoch schedule would differ: the LR schedule spans 2 epochs)
+    first = Trainer(tiny_config(tmp_path / "one", "train.epochs=2"), print_fn=lambda *a: None)
+    first.history.append(first.train_one_epoch())
+    first.epoch = 1
+    save_checkpoint(first.state(), tmp_path / "one" / "last.pt")
+    train(tiny_config(tmp_path / "one", "train.epochs=2"), resume=tmp_path / "one" / "last.pt", print_fn=lambda *a: None)
+    a = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    assert all(torch.equal(b["ema"]["module"][k], v) for k, v in a["ema"]["module"].items())
+    assert all(torch.equal(b["model"][k], v) for k, v in a["model"].items())
+
+
+def test_resume_refuses_another_model(tmp_path):
+    last = train_tiny(tmp_path / "a")
+    trainer = Trainer(tiny_config(tmp_path / "b", "model.neck_channels=[8,16,32]"), print_fn=lambda *a: None)
+    with pytest.raises(ValueError, match="it is another model.*neck_channels"):
+        trainer.resume(last)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    last = train_tiny(tmp_path)
+    before = last.read_bytes()
+    trainer = Trainer(tiny_config(tmp_path, "train.epochs=2"), print_fn=lambda *a: None)
+    trainer.resume(last)
+    original = trainer.model.forward
+    trainer.model.forward = lambda images, targets=None: {k: v * float("nan") for k, v in original(images, targets).items()}
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 2 .*last good checkpoint .*last.pt \(epoch 1\) is intact"):
+        trainer.fit()
+    assert last.read_bytes() == before
+
+
+def test_warmup_then_cosine_and_step():
+    cfg = tiny_config(Path("unused"), "train.epochs=10", "train.warmup_epochs=1").train
+    f = lr_factor(cfg, 10)
+    assert f(0) == pytest.approx(0.01) and f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.01)
+    step = lr_factor(tiny_config(Path("unused"), "train.epochs=10", "train.schedule=step").train, 10)
+    assert step(50) == 1.0 and step(85) == pytest.approx(0.1) and step(95) == pytest.approx(0.01)
+
+
+def test_transfer_strategy_freezes_the_backbone(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "train.transfer=feature_extract"), print_fn=lambda *a: None)
+    assert not any(p.requires_grad for p in trainer.model.backbone.parameters())
+    assert all(p.requires_grad for p in trainer.model.head.parameters())
+    groups = Trainer(tiny_config(tmp_path, "train.backbone_lr_mult=0.1"), print_fn=lambda *a: None).optimizer.param_groups
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["backbone"] == pytest.approx(0.1 * lrs["head"])
+
+
+def test_missing_dataset_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data.root .*nowhere does not exist"):
+        Trainer(tiny_config(tmp_path, "data.dataset=voc", f"data.root={tmp_path / 'nowhere'}"))
+
+
+@pytest.mark.slow
+def test_train_det_cli_end_to_end(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "train_det.py"), "--set", *TINY,
+                             f"train.out_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mAP" in result.stdout and "VOC mAP@0.5:" in result.stdout
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+    evaluated = subprocess.run([sys.executable, str(ROOT / "tools" / "eval_det.py"), "--checkpoint",
+                                str(tmp_path / "best.pt"), "--out-dir", str(tmp_path / "eval")],
+                               capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "mAP" in evaluated.stdout and (tmp_path / "eval" / "pr_curves.png").exists()
+    from detlab.data import SyntheticShapes
+
+    SyntheticShapes(2, 64, 64, seed=9).write_coco(tmp_path / "images.json", tmp_path / "images")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    predicted = subprocess.run([sys.executable, str(ROOT / "tools" / "predict.py"), "--checkpoint",
+                                str(tmp_path / "best.pt"), "--images", str(tmp_path / "images" / "00000*.png"),
+                                "--out-dir", str(tmp_path / "pred"), "--score", "0.0"],
+                               capture_output=True, text=True, timeout=600)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    records = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    assert len(records) == 2 and (tmp_path / "pred" / "000000_pred.png").exists()
+    broken = subprocess.run([sys.executable, str(ROOT / "tools" / "predict.py"), "--checkpoint",
+                             str(tmp_path / "best.pt"), "--images", str(tmp_path / "images" / "broken.png")],
+                            capture_output=True, text=True, timeout=600)
+    assert broken.returncode == 2 and "broken.png cannot be decoded" in broken.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "train_det.py"), "--set", "model.backbone=resnet19"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "valid choices" in bad.stderr

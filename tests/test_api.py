@@ -1,0 +1,84 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+from det_helpers import train_tiny
+from PIL import Image
+
+from detlab.api import Detector
+from detlab.data import SyntheticShapes
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("run"), "model.score_threshold=0.0")
+
+
+@pytest.fixture(scope="module")
+def detector(checkpoint):
+    return Detector.from_checkpoint(checkpoint, device="cpu")
+
+
+def check(result, height, width):
+    assert set(result) == {"boxes", "scores", "labels", "class_names"}
+    assert result["boxes"].shape[1] == 4 and len(result["class_names"]) == len(result["labels"])
+    assert (result["boxes"][:, 2] <= width).all() and (result["boxes"][:, 3] <= height).all()
+
+
+def test_predict_on_every_input_type(detector, tmp_path):
+    image, _ = SyntheticShapes(1, 60, 90, seed=3)[0]  # uint8 CHW, not the training size
+    array = image.permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(tmp_path / "a.png")
+    inputs = [str(tmp_path / "a.png"), tmp_path / "a.png", Image.fromarray(array), array, image, image.float() / 255]
+    results = [detector.predict(x, score_threshold=0.0) for x in inputs]
+    for result in results:
+        check(result, 60, 90)
+    # the uint8 inputs are the same pixels: the same detections (the float one is resized in float: close only)
+    for result in results[1:5]:
+        torch.testing.assert_close(result["boxes"], results[0]["boxes"])
+        torch.testing.assert_close(result["scores"], results[0]["scores"])
+    batch = detector.predict(inputs, score_threshold=0.0)
+    assert isinstance(batch, list) and len(batch) == len(inputs)
+    torch.testing.assert_close(batch[3]["scores"], results[3]["scores"])
+
+
+def test_predict_from_two_threads_matches_one(detector):
+    images = [SyntheticShapes(4, 64, 64, seed=5)[i][0] for i in range(4)]
+    expected = detector.predict(images, score_threshold=0.0)
+    outcomes = {}
+
+    def work(name):
+        outcomes[name] = [detector.predict(images, score_threshold=0.0) for _ in range(2)]
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for runs in outcomes.values():
+        for run in runs:
+            for got, want in zip(run, expected):
+                torch.testing.assert_close(got["boxes"], want["boxes"])
+                torch.testing.assert_close(got["scores"], want["scores"])
+
+
+def test_bad_inputs_are_clear_errors(detector, tmp_path, checkpoint):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.jpg cannot be decoded"):
+        detector.predict(tmp_path / "broken.jpg")
+    with pytest.raises(FileNotFoundError, match="missing.jpg does not exist"):
+        detector.predict(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError, match=r"\[H, W, 3\] uint8"):
+        detector.predict(np.zeros((10, 10), dtype=np.uint8))
+    with pytest.raises(TypeError, match="cannot predict on a int"):
+        detector.predict(3)
+    # a checkpoint whose weights belong to another model
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["model"]["neck_channels"] = [8, 16, 32]
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="do not fit a yolov3 with backbone resnet18"):
+        Detector.from_checkpoint(tmp_path / "other.pt")
+    torch.save({"format": "detlab.classify/1", "model": {}}, tmp_path / "cls.pt")
+    with pytest.raises(ValueError, match="not a detlab detection checkpoint"):
+        Detector.from_checkpoint(tmp_path / "cls.pt")
