@@ -185,8 +185,10 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(t.amp), enabled=t.amp != "off"):
             losses = self.model(images, targets)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        # One host sync per step: the loss parts as floats, also used for the finiteness check.
+        values = dict(zip(["loss", *losses], torch.stack([loss, *losses.values()]).detach().float().tolist()))
+        if not math.isfinite(values["loss"]):
+            parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
             last = self.out / "last.pt"
             kept = f"the last good checkpoint {last} (epoch {self.epoch}) is intact" if last.exists() else \
                 "no checkpoint was written yet"
@@ -202,7 +204,7 @@ class Trainer:
         self.scheduler.step()
         if self.ema:
             self.ema.update(self.model)
-        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+        return values
 
     def evaluate(self):
         model = self.ema.module if self.ema else self.model
