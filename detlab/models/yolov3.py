@@ -65,7 +65,7 @@ class YOLOv3(nn.Module):
         if self.training:
             return self.loss(outputs, targets, self.anchors, self.strides, self.image_size)
         detections = postprocess(outputs, self.anchors, self.strides, self.score_threshold, self.nms_threshold,
-                                 self.max_detections, self.multi_label)
+                                 self.max_detections, self.multi_label, neighbour_cells=self.loss.neighbour_cells)
         for detection, target in zip(detections, targets):
             detection["boxes"] = to_original_boxes(detection["boxes"], target)
         return detections
@@ -100,7 +100,7 @@ class YOLOv3(nn.Module):
 def build_yolov3(cfg, num_classes: int) -> YOLOv3:
     """A :class:`YOLOv3` from a :class:`detlab.config.ModelConfig`."""
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, levels=LEVELS)
-    loss = YOLOLoss(cfg.box_loss, cfg.ignore_threshold, cfg.multi_anchor_threshold)
+    loss = YOLOLoss(cfg.box_loss, cfg.ignore_threshold, cfg.multi_anchor_threshold, cfg.neighbour_cells)
     anchors = cfg.anchors if cfg.anchors is not None else default_anchors(cfg.image_size)
     return YOLOv3(backbone, num_classes, anchors, cfg.image_size, cfg.neck_channels, loss, cfg.score_threshold,
                   cfg.nms_threshold, cfg.max_detections, cfg.multi_label)

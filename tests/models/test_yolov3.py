@@ -53,6 +53,52 @@ def test_assignment_with_multi_anchor_threshold_adds_similar_anchors():
     assert many[0].anchor.tolist() == [1, 2] and len(many[1].batch) == len(many[2].batch) == 0
 
 
+def test_neighbour_cells_add_the_two_adjacent_cells_nearest_the_centre():
+    # 20x20: shape IoU .25 with (10, 10), .5 with (20, 10) and (10, 20), .44 with (30, 30) -> anchor 1 (the first
+    # best), level 0, stride 8. Centre (13, 21) -> cell x 1, y 2, both offsets .625: right and lower neighbours
+    targets = [{"boxes": torch.tensor([[3.0, 11, 23, 31]]), "labels": torch.tensor([1])}]
+    plain = assign_targets(targets, ANCHORS, STRIDES, GRIDS)[0]
+    level = assign_targets(targets, ANCHORS, STRIDES, GRIDS, neighbour_cells=True)[0]
+    assert list(zip(plain.gy.tolist(), plain.gx.tolist())) == [(2, 1)]
+    assert sorted(zip(level.gy.tolist(), level.gx.tolist())) == [(2, 1), (2, 2), (3, 1)]
+    assert level.anchor.tolist() == [1, 1, 1] and level.labels.tolist() == [1, 1, 1]
+    # centre (3, 3) in the top-left cell's upper-left quarter: both neighbours would be outside the grid
+    corner = [{"boxes": torch.tensor([[-7.0, -2, 13, 8]]), "labels": torch.tensor([0])}]
+    level = assign_targets(corner, ANCHORS, STRIDES, GRIDS, neighbour_cells=True)[0]
+    assert list(zip(level.gy.tolist(), level.gx.tolist())) == [(0, 0)]
+
+
+def test_neighbour_cells_decoding_reaches_half_a_cell_beyond_the_cell():
+    output = torch.zeros(1, 3, 2, 2, 6)
+    output[..., 0], output[..., 1] = 20.0, -20.0  # sigmoid ~1 in x, ~0 in y
+    centre = decode_boxes(output, ANCHORS[:3], stride=8, neighbour_cells=True)[0, 0, 1, 1]
+    torch.testing.assert_close((centre[:2] + centre[2:]) / 2, torch.tensor([(1.5 + 1) * 8, (-0.5 + 1) * 8]))
+    output.zero_()  # a zero output still decodes to the cell centre
+    plain, shifted = decode_boxes(output, ANCHORS[:3], 8), decode_boxes(output, ANCHORS[:3], 8, neighbour_cells=True)
+    torch.testing.assert_close(plain, shifted)
+
+
+def test_paper_box_loss_with_neighbour_cells_is_lowest_at_the_true_centre():
+    """The xy target of a positive in a neighbouring cell is the logit that decodes to the ground-truth centre."""
+    loss = YOLOLoss("paper", neighbour_cells=True)
+    box = torch.tensor([[3.0, 11, 23, 31]])  # centre (13, 21); cells (2, 1), (2, 2), (3, 1) at stride 8
+    pos = assign_targets([{"boxes": box, "labels": torch.tensor([0])}], ANCHORS, STRIDES, GRIDS,
+                         neighbour_cells=True)[0]
+    xy = torch.zeros(len(pos.batch), 2, requires_grad=True)
+    wh = pos.boxes[:, 2:] - pos.boxes[:, :2]
+    optimizer = torch.optim.SGD([xy], lr=1.0)
+    for _ in range(300):
+        optimizer.zero_grad()
+        picked = torch.cat([xy, torch.zeros(len(pos.batch), 3)], dim=1)
+        loss._box_loss(picked, None, pos, ANCHORS[pos.anchor], wh, 8).sum().backward()
+        optimizer.step()
+    output = torch.zeros(1, 3, 16, 16, 6)
+    output[pos.batch, pos.anchor, pos.gy, pos.gx, :2] = xy.detach()
+    decoded = decode_boxes(output, ANCHORS[:3], 8, neighbour_cells=True)[pos.batch, pos.anchor, pos.gy, pos.gx]
+    torch.testing.assert_close((decoded[:, :2] + decoded[:, 2:]) / 2, torch.tensor([[13.0, 21.0]] * 3), atol=0.05,
+                               rtol=0)
+
+
 def test_ignore_mask_marks_predictions_overlapping_a_ground_truth():
     boxes = torch.zeros(1, 1, 1, 3, 4)
     boxes[0, 0, 0] = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]])  # IoU 1, 0.68, 0
