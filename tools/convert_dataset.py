@@ -1,14 +1,19 @@
-"""Convert a detection dataset between Pascal VOC and COCO instances JSON.
+"""Convert a detection dataset between Pascal VOC and COCO instances JSON, or export its object crops as an
+image-classification folder (for pretraining a backbone with tools/train_cls.py --dataset folder).
 
   python tools/convert_dataset.py voc2coco --voc-root data/voc --years 2007 2012 --splits trainval --out voc.json
   python tools/convert_dataset.py coco2voc --images coco/val2017 --ann coco/annotations/instances_val2017.json \
       --voc-root out/voc --year 2017 --split val
+  python tools/convert_dataset.py crops --voc-root ../shared/datasets/voc-cells --split train --out crops/train
+  python tools/convert_dataset.py crops --voc-root ../shared/datasets/voc-cells --split val --out crops/val
 """
 
 import argparse
 import sys
 
+from detlab.data import COCODetection, VOCDetection
 from detlab.data.convert import coco_to_voc, voc_to_coco
+from detlab.data.crops import export_crops
 from detlab.data.records import DataError
 
 
@@ -28,16 +33,34 @@ def main(argv=None) -> None:
     to_voc.add_argument("--voc-root", required=True, help="output folder (VOCdevkit/ is created in it)")
     to_voc.add_argument("--year", default="2007")
     to_voc.add_argument("--split", default="trainval")
+    crops = sub.add_parser("crops", help="VOC split or COCO JSON -> <out>/<class>/*.png object crops + background/")
+    source = crops.add_mutually_exclusive_group(required=True)
+    source.add_argument("--voc-root", help="folder holding VOCdevkit/ (classes: the names found)")
+    source.add_argument("--ann", help="COCO instances JSON (with --images)")
+    crops.add_argument("--images", help="COCO: folder the JSON's file_names are relative to")
+    crops.add_argument("--year", default="2007")
+    crops.add_argument("--split", default="train", help="VOC: ImageSets/Main/<split>.txt (export training images only)")
+    crops.add_argument("--out", required=True, help="output folder (<class>/ subfolders are created in it)")
+    crops.add_argument("--context", type=float, default=0.2, help="grow each box by this fraction per side")
+    crops.add_argument("--backgrounds-per-image", type=int, default=2, help="object-free patches per image")
     args = parser.parse_args(argv)
     if args.direction == "voc2coco":
         out = voc_to_coco(args.voc_root, args.out, args.years, args.splits, args.classes, args.discover_classes)
-    else:
+    elif args.direction == "coco2voc":
         out = coco_to_voc(args.images, args.ann, args.voc_root, args.year, args.split)
+    else:
+        if args.ann is not None and args.images is None:
+            parser.error("crops --ann needs --images (the folder its file_names are relative to)")
+        dataset = (VOCDetection(args.voc_root, args.year, args.split, discover_classes=True) if args.voc_root
+                   else COCODetection(args.images, args.ann))
+        counts = export_crops(dataset, args.out, args.context, args.backgrounds_per_image)
+        print(", ".join(f"{name}: {count}" for name, count in counts.items()))
+        out = args.out
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
     try:
         main()
-    except DataError as error:  # bad input: one clear line, no traceback
+    except (DataError, FileExistsError) as error:  # bad input: one clear line, no traceback
         sys.exit(f"error: {error}")
