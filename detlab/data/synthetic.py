@@ -11,6 +11,7 @@ shape is exactly the box of its visible pixels: ``x1 = min column, x2 = max colu
 coordinates, the same convention as every other detlab box).
 """
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -174,16 +175,20 @@ class SyntheticShapes(Dataset):
     ``dataset[i]`` is ``(image, target)`` with the same keys as the file datasets
     (:class:`~detlab.data.records.DetectionDataset`): image Tensor[3, H, W] uint8, boxes float32[N, 4] exact,
     labels int64[N] into :data:`SHAPE_CLASSES`, ``image_id = i``.
+
+    ``cache=True`` keeps every rendered image in memory (H*W*3 bytes each, 49 KB at 128 x 128): training then
+    renders each image once instead of once per epoch (rendering is ~4 ms, ~10x the augmentation).
     """
 
     class_names = SHAPE_CLASSES
 
     def __init__(self, num_images: int = 1000, height: int = 256, width: int = 256, seed: int = 0,
                  min_shapes: int = 1, max_shapes: int = 4, min_size: float = 0.15, max_size: float = 0.5,
-                 transforms=None):
+                 transforms=None, cache: bool = False):
         self.num_images, self.height, self.width, self.seed = num_images, height, width, seed
         self.shape_args = dict(min_shapes=min_shapes, max_shapes=max_shapes, min_size=min_size, max_size=max_size)
         self.transforms = transforms
+        self.cache = {} if cache else None  # index -> (image, record), as render returns them
 
     def __len__(self) -> int:
         return self.num_images
@@ -192,6 +197,8 @@ class SyntheticShapes(Dataset):
         """(image ndarray[H, W, 3] uint8, its record) of image ``index`` (no transforms)."""
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} synthetic images")
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
         rng = np.random.default_rng((self.seed, index))
         image, boxes, labels = render_shapes(rng, self.height, self.width, **self.shape_args)
         # strict: a bad box here is a bug in render_shapes, never something to fix quietly
@@ -199,6 +206,8 @@ class SyntheticShapes(Dataset):
                              source=f"synthetic seed {self.seed} image {index}",
                              where=[f"synthetic image {index} shape {k}" for k in range(len(boxes))],
                              report=BoxReport(strict=True))
+        if self.cache is not None:  # __getitem__ and record_target copy, so nothing writes into the cached arrays
+            self.cache[index] = (image, record)
         return image, record
 
     def __getitem__(self, index: int):
@@ -232,7 +241,7 @@ class SyntheticShapes(Dataset):
         records = []
         for index in range(self.num_images):
             image, record = self.render(index)
-            record.image_path = image_dir / f"{index:06d}{suffix}"
+            record = dataclasses.replace(record, image_path=image_dir / f"{index:06d}{suffix}")
             Image.fromarray(image).save(record.image_path, quality=95)
             records.append(record)
         return records

@@ -43,7 +43,7 @@ def build_data(cfg, image_size: int, seed: int = 0) -> DetectionData:
     augment = train_transforms(cfg, image_size)
     if cfg.dataset == "synthetic":
         shape = dict(height=cfg.synthetic_size, width=cfg.synthetic_size)
-        train = SyntheticShapes(cfg.synthetic_train, seed=seed, transforms=augment, **shape)
+        train = SyntheticShapes(cfg.synthetic_train, seed=seed, transforms=augment, cache=True, **shape)
         val = SyntheticShapes(cfg.synthetic_val, seed=seed + 1, **shape)
         class_names, metric = list(SyntheticShapes.class_names), "voc"
     elif cfg.dataset == "voc":
