@@ -30,6 +30,7 @@ class ModelConfig:
     box_loss: str = "ciou"  # paper | giou | ciou
     ignore_threshold: float = 0.5
     multi_anchor_threshold: float | None = 0.25  # also assign every anchor with shape IoU above it (None: paper)
+    neighbour_cells: bool = False  # also assign the 2 adjacent cells nearest each centre (YOLOv5; detlab.heads.yolo)
     score_threshold: float = 0.01
     nms_threshold: float = 0.45
     max_detections: int = 100
@@ -73,7 +74,7 @@ class TrainConfig:
     ema_tau: float = 500.0  # iterations over which the EMA decay ramps up (early weights move fast)
     eval_every: int = 5  # epochs; the last epoch is always evaluated
     transfer: str = "full"  # feature_extract | partial:N | full (detlab.transfer)
-    backbone_lr_mult: float = 1.0
+    backbone_lr_mult: float | None = None  # backbone LR = lr * this; None: 0.1 with pretrained weights, else 1
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; None: torch's default

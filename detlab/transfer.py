@@ -86,6 +86,15 @@ def apply_strategy(model: nn.Module, strategy: str, freeze_all_bn: bool = False)
     return frozen
 
 
+def resolve_backbone_lr_mult(configured: float | None, pretrained: bool) -> float:
+    """The backbone LR multiplier to use: ``configured`` if set, else 0.1 for a pretrained backbone (a full LR
+    washes its features out in the first steps, before the new head gives useful gradients) and 1 for a random
+    one."""
+    if configured is not None:
+        return configured
+    return 0.1 if pretrained else 1.0
+
+
 def param_groups(
     model: nn.Module, lr: float, weight_decay: float, backbone_lr_mult: float = 1.0
 ) -> list[dict]:

@@ -21,7 +21,7 @@ from detlab.classify.config import ClassifyConfig
 from detlab.classify.data import build_datasets
 from detlab.classify.model import Classifier
 from detlab.classify.report import confusion_matrix, per_class_accuracy, plot_confusion, plot_history
-from detlab.transfer import apply_strategy, param_groups, parameter_counts, summary
+from detlab.transfer import apply_strategy, param_groups, parameter_counts, resolve_backbone_lr_mult, summary
 
 
 def train(config: ClassifyConfig) -> dict:
@@ -102,7 +102,7 @@ def _train(config: ClassifyConfig, out: Path, log) -> dict:
 
 def _optimizer(model: Classifier, config: ClassifyConfig, log) -> torch.optim.Optimizer:
     pretrained = model.backbone.weights is not None
-    lr_mult = config.backbone_lr_mult if config.backbone_lr_mult is not None else (0.1 if pretrained else 1.0)
+    lr_mult = resolve_backbone_lr_mult(config.backbone_lr_mult, pretrained)
     groups = param_groups(model, config.lr, config.weight_decay, lr_mult)
     log("param groups: " + ", ".join(f"{g['name']} lr={g['lr']:g} wd={g['weight_decay']:g}" for g in groups))
     if config.optimizer == "sgd":

@@ -1,4 +1,4 @@
-"""Run logs: one JSON object per line in ``log.jsonl``, mirrored to TensorBoard when it is importable, and the
+"""Run logs: one JSON object per line in ``log.jsonl``, mirrored to TensorBoard, and the
 PNGs of a run (first augmented training batch with its boxes, loss and mAP curves).
 
 Plots use matplotlib's Agg canvas directly (no pyplot, no global backend switch), as :mod:`detlab.eval.report`.
@@ -13,31 +13,25 @@ import torch
 
 class RunLogger:
     """``log(record)`` appends ``record`` (a flat dict with ``"kind"`` and ``"step"``) to ``out_dir/log.jsonl``
-    and its numbers to TensorBoard as ``kind/key``; without TensorBoard installed it says so once and goes on."""
+    and its numbers to TensorBoard (``out_dir/tensorboard``) as ``kind/key``."""
 
-    def __init__(self, out_dir: str | Path, print_fn=print):
+    def __init__(self, out_dir: str | Path):
+        from torch.utils.tensorboard import SummaryWriter  # here: importing TensorBoard takes a second
+
         self.path = Path(out_dir) / "log.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
-        except ImportError as e:  # torch.utils.tensorboard needs the separate `tensorboard` package
-            self.writer = None
-            print_fn(f"notice: TensorBoard logging is off ({e}); the JSONL log {self.path} has every figure")
+        self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
 
     def log(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
-            self.writer.flush()
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "step":
+                self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+        self.writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.writer.close()
 
 
 def figure(figsize=(6, 4)):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from det_helpers import TINY, tiny_config, train_tiny
 
+from detlab.backbones import build_backbone
 from detlab.engine import FORMAT, NonFiniteLossError, Trainer, load_checkpoint, save_checkpoint, train
 from detlab.engine.train import lr_factor
 
@@ -24,6 +25,13 @@ def test_checkpoint_is_self_describing_and_weights_only_loadable(tmp_path):
         assert (tmp_path / name).exists(), name
     record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert record["epoch"] == 1 and "mAP50" in record and "loss_obj" in record
+    # TensorBoard holds the same figures as the JSONL log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert {"epoch/loss_obj", "epoch/mAP50", "epoch/lr"} <= set(events.Tags()["scalars"])
+    (logged,) = events.Scalars("epoch/mAP50")
+    assert logged.step == 1 and logged.value == pytest.approx(record["mAP50"], rel=1e-6)
 
 
 def test_atomic_write_keeps_the_old_file_when_saving_fails(tmp_path):
@@ -100,6 +108,13 @@ def test_transfer_strategy_freezes_the_backbone(tmp_path):
     assert all(p.requires_grad for p in trainer.model.head.parameters())
     groups = Trainer(tiny_config(tmp_path, "train.backbone_lr_mult=0.1"), print_fn=lambda *a: None).optimizer.param_groups
     lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["backbone"] == pytest.approx(0.1 * lrs["head"])
+    # unset: the full LR for a random backbone, a tenth for a pretrained one
+    random_init = Trainer(tiny_config(tmp_path), print_fn=lambda *a: None).optimizer.param_groups
+    assert len({g["lr"] for g in random_init}) == 1
+    torch.save(build_backbone("resnet18", levels=("c3", "c4", "c5")).state_dict(), tmp_path / "backbone.pt")
+    pretrained = Trainer(tiny_config(tmp_path, f"model.weights={tmp_path / 'backbone.pt'}"), print_fn=lambda *a: None)
+    lrs = {g["name"]: g["lr"] for g in pretrained.optimizer.param_groups}
     assert lrs["backbone"] == pytest.approx(0.1 * lrs["head"])
 
 
