@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from detlab.config import config_from_dict
+from detlab.config import config_from_dict, config_to_dict, load_config
 from detlab.engine.checkpoint import load_checkpoint
 from detlab.models import build_model
 
@@ -27,10 +27,18 @@ class Detector:
         self.class_names, self.config, self.device = list(class_names), config, torch.device(device)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device="cpu", use_ema: bool = True) -> "Detector":
-        """Load a checkpoint written by :func:`detlab.engine.train` (its EMA weights when it has them)."""
+    def from_checkpoint(cls, path: str | Path, device="cpu", use_ema: bool = True,
+                        overrides: list[str] = ()) -> "Detector":
+        """Load a checkpoint written by :func:`detlab.engine.train` (its EMA weights when it has them).
+
+        ``overrides`` change its config before the model is built, e.g. the inference settings
+        ``["model.score_threshold=0.1", "model.multi_label=false"]``; one that changes the architecture makes the
+        weights not fit, which is an error."""
         state = load_checkpoint(path)
         cfg = config_from_dict(state["config"], source=f"checkpoint {path}")
+        if overrides:
+            cfg = load_config(None, overrides, base=config_to_dict(cfg))
+        config = config_to_dict(cfg)
         # the weights come from the checkpoint: do not load the backbone's pretrained ones again
         cfg.model.weights = None
         model = build_model(cfg.model, len(state["class_names"]))
@@ -41,7 +49,7 @@ class Detector:
             first = str(e).splitlines()[0]
             raise ValueError(f"checkpoint {path}: its weights do not fit a {cfg.model.name} with backbone "
                              f"{cfg.model.backbone} and {len(state['class_names'])} classes ({first})") from e
-        return cls(model, state["class_names"], state["config"], device)
+        return cls(model, state["class_names"], config, device)
 
     @torch.inference_mode()
     def predict(self, images, score_threshold: float = 0.25, batch_size: int = 8):

@@ -82,3 +82,15 @@ def test_bad_inputs_are_clear_errors(detector, tmp_path, checkpoint):
     torch.save({"format": "detlab.classify/1", "model": {}}, tmp_path / "cls.pt")
     with pytest.raises(ValueError, match="not a detlab detection checkpoint"):
         Detector.from_checkpoint(tmp_path / "cls.pt")
+
+
+def test_overrides_change_the_inference_settings_and_are_checked(checkpoint, detector):
+    image, _ = SyntheticShapes(1, 128, 128, seed=5)[0]
+    everything = detector.predict(image, score_threshold=0.0)
+    capped = Detector.from_checkpoint(checkpoint, overrides=["model.max_detections=3"])
+    assert capped.config["model"]["max_detections"] == 3 and detector.config["model"]["max_detections"] == 100
+    few = capped.predict(image, score_threshold=0.0)
+    assert len(everything["scores"]) > 3 and len(few["scores"]) == 3
+    torch.testing.assert_close(few["scores"], everything["scores"][:3])
+    with pytest.raises(ValueError, match="unknown key 'model.max_detection'"):
+        Detector.from_checkpoint(checkpoint, overrides=["model.max_detection=3"])
