@@ -43,6 +43,8 @@ def main(argv=None) -> None:
     crops.add_argument("--out", required=True, help="output folder (<class>/ subfolders are created in it)")
     crops.add_argument("--context", type=float, default=0.2, help="grow each box by this fraction per side")
     crops.add_argument("--backgrounds-per-image", type=int, default=2, help="object-free patches per image")
+    crops.add_argument("--near-misses-per-object", type=int, default=0,
+                       help="background crops of each object shifted to an IoU of 0.1-0.4 (hard negatives)")
     args = parser.parse_args(argv)
     if args.direction == "voc2coco":
         out = voc_to_coco(args.voc_root, args.out, args.years, args.splits, args.classes, args.discover_classes)
@@ -53,7 +55,7 @@ def main(argv=None) -> None:
             parser.error("crops --ann needs --images (the folder its file_names are relative to)")
         dataset = (VOCDetection(args.voc_root, args.year, args.split, discover_classes=True) if args.voc_root
                    else COCODetection(args.images, args.ann))
-        counts = export_crops(dataset, args.out, args.context, args.backgrounds_per_image)
+        counts = export_crops(dataset, args.out, args.context, args.backgrounds_per_image, args.near_misses_per_object)
         print(", ".join(f"{name}: {count}" for name, count in counts.items()))
         out = args.out
     print(f"wrote {out}")

@@ -6,7 +6,7 @@ from PIL import Image
 from detlab.boxes import box_iou
 from detlab.classify.data import ImageFolder
 from detlab.data import DataError, SyntheticShapes
-from detlab.data.crops import BACKGROUND, MAX_BACKGROUND_IOU, _free_patch, export_crops
+from detlab.data.crops import BACKGROUND, MAX_BACKGROUND_IOU, NEAR_MISS_IOU, _free_patch, _near_miss, export_crops
 
 
 def test_every_object_becomes_one_crop_of_its_grown_box(tmp_path):
@@ -39,6 +39,22 @@ def test_background_patches_overlap_no_object():
     assert torch.allclose(patches[:, 2:] - patches[:, :2], torch.tensor(30.0, dtype=torch.float64)) and (patches >= 0).all() and (patches <= 128).all()
     # an object covering the whole image leaves no room: None, counted by export_crops
     assert _free_patch(rng, np.array([[0.0, 0, 128, 128]]), 100.0, 128, 128) is None
+
+
+def test_near_misses_overlap_their_object_only_partly(tmp_path):
+    rng = np.random.default_rng(0)
+    boxes = np.array([[20.0, 20, 60, 50], [80, 80, 110, 120]])
+    for box in boxes:
+        for _ in range(50):
+            shifted = _near_miss(rng, box, boxes, 128, 128)
+            assert shifted is not None and (shifted[2:] - shifted[:2] == box[2:] - box[:2]).all()
+            best = box_iou(torch.from_numpy(shifted)[None], torch.from_numpy(boxes)).max()
+            assert NEAR_MISS_IOU[0] <= best < NEAR_MISS_IOU[1]
+    dataset = SyntheticShapes(4, height=128, width=128, seed=2)
+    counts = export_crops(dataset, tmp_path, backgrounds_per_image=0, near_misses_per_object=2)
+    objects = sum(len(dataset.target(i)["boxes"]) for i in range(4))
+    assert counts[BACKGROUND] + counts["background_not_found"] == 2 * objects
+    assert len(list((tmp_path / BACKGROUND).glob("*_near*.png"))) == counts[BACKGROUND] > 0
 
 
 def test_exported_folder_is_an_image_folder_with_a_background_class(tmp_path):
