@@ -63,7 +63,7 @@ def _train(config: ClassifyConfig, out: Path, log) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
 
     history = {key: [] for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")}
-    best_acc, best_epoch = -1.0, 0
+    best_acc, best_loss, best_epoch = -1.0, math.inf, 0
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         history["lr"].append(optimizer.param_groups[-1]["lr"])
@@ -78,13 +78,15 @@ def _train(config: ClassifyConfig, out: Path, log) -> dict:
             f"lr {history['lr'][-1]:.3g} | {history['images_per_s'][-1]:.1f} images/s ({config.strategy})")
         checkpoint = make_checkpoint(model, classes, dataclasses.asdict(config), epoch=epoch, history=history,
                                      metrics={"val_acc": val["accuracy"], "val_loss": val["loss"]})
-        if val["accuracy"] > best_acc:
-            best_acc, best_epoch = val["accuracy"], epoch
+        # ties in accuracy (common once a small validation set is all right) go to the lower loss: the more
+        # confident model, not the first epoch that got there
+        if (val["accuracy"], -val["loss"]) > (best_acc, -best_loss):
+            best_acc, best_loss, best_epoch = val["accuracy"], val["loss"], epoch
             save_checkpoint(checkpoint, out / "best.pt")
         save_checkpoint(checkpoint, out / "last.pt")
         plot_history(history, out / "history.png")
         if config.patience and epoch - best_epoch >= config.patience:
-            log(f"early stopping: no better val accuracy for {config.patience} epochs "
+            log(f"early stopping: no better val accuracy (or loss at equal accuracy) for {config.patience} epochs "
                 f"(best {best_acc:.4f} at epoch {best_epoch})")
             break
     seconds = time.perf_counter() - start
