@@ -48,13 +48,18 @@ def plot_curves(history: list[dict], keys: list[str], path: str | Path, title: s
     """Line plot of ``record[key]`` over ``record["epoch"]`` for every epoch record holding it."""
     fig = figure()
     ax = fig.add_subplot()
+    plotted = 0
     for key in keys:
         points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None and math.isfinite(r[key])]
         if points:
             ax.plot(*zip(*points), marker="o", markersize=3, label=key)
+            plotted += 1
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if plotted:  # before the first evaluation the mAP plot is still empty
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no values yet", ha="center", va="center", transform=ax.transAxes)
     fig.savefig(path)
 
 
