@@ -30,7 +30,7 @@ class ModelConfig:
     box_loss: str = "ciou"  # paper | giou | ciou
     ignore_threshold: float = 0.5
     multi_anchor_threshold: float | None = 0.25  # also assign every anchor with shape IoU above it (None: paper)
-    neighbour_cells: bool = False  # also assign the 2 adjacent cells nearest each centre (YOLOv5; detlab.heads.yolo)
+    neighbour_cells: bool = True  # also assign the 2 adjacent cells nearest each centre (YOLOv5); false: the paper
     score_threshold: float = 0.01
     nms_threshold: float = 0.45
     max_detections: int = 100
@@ -57,7 +57,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 14
     batch_size: int = 8
     optimizer: str = "adamw"  # sgd | adamw
     lr: float = 1.5e-3
