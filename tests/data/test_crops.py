@@ -36,7 +36,8 @@ def test_background_patches_overlap_no_object():
     assert all(p is not None for p in patches)
     patches = torch.tensor(np.stack(patches))
     assert (box_iou(patches, torch.from_numpy(boxes)) <= MAX_BACKGROUND_IOU).all()
-    assert torch.allclose(patches[:, 2:] - patches[:, :2], torch.tensor(30.0, dtype=torch.float64)) and (patches >= 0).all() and (patches <= 128).all()
+    assert torch.allclose(patches[:, 2:] - patches[:, :2], torch.tensor(30.0, dtype=torch.float64))
+    assert (patches >= 0).all() and (patches <= 128).all()
     # an object covering the whole image leaves no room: None, counted by export_crops
     assert _free_patch(rng, np.array([[0.0, 0, 128, 128]]), 100.0, 128, 128) is None
 
@@ -47,7 +48,7 @@ def test_near_misses_overlap_their_object_only_partly(tmp_path):
     for box in boxes:
         for _ in range(50):
             shifted = _near_miss(rng, box, boxes, 128, 128)
-            assert shifted is not None and (shifted[2:] - shifted[:2] == box[2:] - box[:2]).all()
+            assert shifted is not None and np.allclose(shifted[2:] - shifted[:2], box[2:] - box[:2])
             best = box_iou(torch.from_numpy(shifted)[None], torch.from_numpy(boxes)).max()
             assert NEAR_MISS_IOU[0] <= best < NEAR_MISS_IOU[1]
     dataset = SyntheticShapes(4, height=128, width=128, seed=2)
