@@ -75,8 +75,8 @@ def export_crops(dataset: DetectionDataset, out_dir, context: float = 0.2, backg
             counts[name] = counts.get(name, 0) + 1
             for j in range(near_misses_per_object):
                 shifted = _near_miss(rng, box, boxes, height, width)
-                _save_background(pixels, None if shifted is None else _grow(shifted, context), out_dir / BACKGROUND / f"{target['image_id']:06d}_{k}_near{j}.png",
-                                 counts)
+                near_path = out_dir / BACKGROUND / f"{target['image_id']:06d}_{k}_near{j}.png"
+                _save_background(pixels, None if shifted is None else _grow(shifted, context), near_path, counts)
         for k in range(backgrounds_per_image):
             side = float(np.sqrt(sizes.prod(1)).mean() * (1 + 2 * context)) if len(boxes) else min(height, width) / 4
             patch = _free_patch(rng, boxes, min(side, height, width), height, width)

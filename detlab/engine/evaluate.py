@@ -58,8 +58,8 @@ def evaluate_model(model, dataset, class_names: list[str], metric: str, batch_si
 def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None,
                         split: str = "val", device: str = "cpu") -> Evaluation:
     """Evaluate a training checkpoint on its own config's dataset (``overrides`` change the config, e.g.
-    ``data.root=...`` or ``model.score_threshold=0.05``); ``split`` is ``"val"`` or ``"train"``. Writes metrics.json and pr_curves.png into
-    ``out_dir`` when given."""
+    ``data.root=...`` or ``model.score_threshold=0.05``); ``split`` is ``"val"`` or ``"train"``. Writes
+    metrics.json and pr_curves.png into ``out_dir`` when given."""
     from detlab.api import Detector  # the API owns checkpoint -> model
     from detlab.config import config_from_dict
     from detlab.engine.data import build_data, untransformed

@@ -66,7 +66,8 @@ def centre_offset(t_xy: torch.Tensor, neighbour_cells: bool = False) -> torch.Te
     return t_xy.sigmoid() * 2 - 0.5 if neighbour_cells else t_xy.sigmoid()
 
 
-def decode_boxes(output: torch.Tensor, anchors: torch.Tensor, stride: int, neighbour_cells: bool = False) -> torch.Tensor:
+def decode_boxes(output: torch.Tensor, anchors: torch.Tensor, stride: int,
+                 neighbour_cells: bool = False) -> torch.Tensor:
     """Boxes of one level's predictions.
 
     Args:
