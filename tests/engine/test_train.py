@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,52 @@ def test_train_det_cli_end_to_end(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "tools" / "train_det.py"), "--set", "model.backbone=resnet19"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "valid choices" in bad.stderr
+
+
+@pytest.mark.slow
+def test_classifier_pretrained_on_exported_crops_starts_a_detector(tmp_path):
+    """The transfer path end to end: detection images -> object crops -> tools/train_cls.py's trainer ->
+    its best.pt as model.weights: the detector starts from exactly the classifier's backbone, at a tenth of
+    the head's learning rate."""
+    from detlab.classify import ClassifyConfig
+    from detlab.classify import train as train_classifier
+    from detlab.classify.checkpoint import load_classifier
+    from detlab.data import SyntheticShapes
+    from detlab.data.crops import export_crops
+
+    for split, seed in (("train", 0), ("val", 1)):
+        export_crops(SyntheticShapes(6, 96, 96, seed=seed), tmp_path / "crops" / split, near_misses_per_object=1)
+    train_classifier(ClassifyConfig(dataset="folder", data_dir=str(tmp_path / "crops"), image_size=32, epochs=1,
+                                    batch_size=8, out_dir=str(tmp_path / "cls"), name="crops", progress=False))
+    classifier, _ = load_classifier(tmp_path / "cls" / "crops" / "best.pt")
+    trainer = Trainer(tiny_config(tmp_path / "det", f"model.weights={tmp_path / 'cls' / 'crops' / 'best.pt'}"),
+                      print_fn=lambda *a: None)
+    ours, theirs = trainer.model.backbone.state_dict(), classifier.backbone.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], msg=key)
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs["backbone"] == pytest.approx(0.1 * lrs["head"])
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_step_computes_in_half_and_keeps_float32_weights(tmp_path, amp):
+    trainer = Trainer(tiny_config(tmp_path, f"train.amp={amp}"), print_fn=lambda *a: None)
+    seen = []
+    trainer.model.head.predictors[0].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    images, targets = zip(*[trainer.data.train[i] for i in range(4)])
+    weight = trainer.model.head.predictors[0].weight
+    before = weight.detach().clone()
+    # fp16: GradScaler starts at a scale of 2**16 and skips the steps whose gradients overflow, halving it
+    # each time, until the scaled loss fits in float16
+    for steps in range(1, 21):
+        losses = trainer.step(list(images), list(targets))
+        assert all(math.isfinite(v) for v in losses.values())
+        if not torch.equal(weight, before):
+            break
+    assert seen[0] == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert weight.dtype == torch.float32 and not torch.equal(weight, before)
+    if amp == "bf16":  # no scaling: the first step updates
+        assert steps == 1
+    else:
+        assert trainer.scaler.get_scale() == 2.0 ** (17 - steps)
