@@ -10,9 +10,10 @@ Assignment: each ground truth goes to the cell holding its centre, at its best a
 also at every anchor whose IoU exceeds ``multi_anchor_threshold``). With ``neighbour_cells`` (YOLOv5) it also goes
 to the two adjacent cells nearest its centre (one left/right, one above/below), three times the positives per
 object, which speeds up learning; the centre then decodes as ``(2 * sigmoid(t_xy) - 0.5 + cell) * stride`` so that
-those cells can reach it. Predictions that are not assigned but whose
-decoded box overlaps some ground truth by more than ``ignore_threshold`` get no objectness loss: they are good
-boxes, just not the chosen ones.
+those cells can reach it.
+
+Predictions that are not assigned but whose decoded box overlaps some ground truth by more than
+``ignore_threshold`` get no objectness loss: they are good boxes, just not the chosen ones.
 """
 
 import math
