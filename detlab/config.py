@@ -57,7 +57,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 14
+    epochs: int = 14  # the most; train.time_limit may cut them
     batch_size: int = 8
     optimizer: str = "adamw"  # sgd | adamw
     lr: float = 1.5e-3
@@ -73,6 +73,9 @@ class TrainConfig:
     ema_decay: float = 0.9998
     ema_tau: float = 500.0  # iterations over which the EMA decay ramps up (early weights move fast)
     eval_every: int = 5  # epochs; the last epoch is always evaluated
+    # minutes of training (evaluations included); when the epochs would take longer, train fewer with the LR
+    # schedule ending at the last of them (checked after every epoch). None: always train.epochs
+    time_limit: float | None = 14.0
     transfer: str = "full"  # feature_extract | partial:N | full (detlab.transfer)
     backbone_lr_mult: float | None = None  # backbone LR = lr * this; None: 0.1 with pretrained weights, else 1
     seed: int = 0

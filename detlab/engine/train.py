@@ -49,10 +49,10 @@ def build_optimizer(model: torch.nn.Module, cfg, pretrained: bool = False) -> to
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), fused=fused)
 
 
-def lr_factor(cfg, iterations_per_epoch: int):
+def lr_factor(cfg, iterations_per_epoch: int, epochs: int | None = None):
     """Iteration -> LR multiplier: linear warmup from 1% over ``warmup_epochs``, then cosine down to 1% or
-    steps of ``gamma`` at the ``milestones`` (fractions of the run)."""
-    total = cfg.epochs * iterations_per_epoch
+    steps of ``gamma`` at the ``milestones`` (fractions of the run of ``epochs``, default ``cfg.epochs``)."""
+    total = (epochs or cfg.epochs) * iterations_per_epoch
     warmup = cfg.warmup_epochs * iterations_per_epoch
 
     def factor(iteration: int) -> float:
@@ -91,6 +91,8 @@ class Trainer:
         self.out = Path(t.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.epoch, self.history, self.best_metric, self.best_epoch = 0, [], -math.inf, None
+        # epochs this run will train: train.epochs, or fewer when train.time_limit cannot hold them
+        self.planned_epochs, self.train_seconds = t.epochs, 0.0
 
     # ---- checkpoints
 
@@ -108,6 +110,8 @@ class Trainer:
             "history": self.history,
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
+            "planned_epochs": self.planned_epochs,
+            "train_seconds": self.train_seconds,
         }
 
     def resume(self, path: str | Path) -> None:
@@ -127,6 +131,11 @@ class Trainer:
         set_rng_state(state["rng"])
         self.epoch, self.history = state["epoch"], state["history"]
         self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+        self.train_seconds = state.get("train_seconds", 0.0)
+        # a plan that train.time_limit cut stays cut; otherwise this config's train.epochs (which may extend it)
+        configured = state["config"]["train"]["epochs"]
+        cut = state.get("planned_epochs", configured) < configured
+        self.plan(min(state["planned_epochs"], self.cfg.train.epochs) if cut else self.cfg.train.epochs)
         self.print(f"resumed from {path} after epoch {self.epoch}")
 
     # ---- the loop
@@ -138,10 +147,13 @@ class Trainer:
         start = time.perf_counter()
         evaluation = None
         try:
-            while self.epoch < t.epochs:
+            while self.epoch < self.planned_epochs:
+                epoch_start = time.perf_counter()
                 record = self.train_one_epoch()
                 self.epoch += 1
-                if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
+                if t.time_limit is not None:
+                    self.fit_time_limit(t.time_limit * 60, self.train_seconds + time.perf_counter() - epoch_start)
+                if self.epoch % t.eval_every == 0 or self.epoch == self.planned_epochs:
                     evaluation = self.evaluate()
                     record.update(mAP50=evaluation.ap50, metric=evaluation.headline)
                     if evaluation.headline > self.best_metric:
@@ -149,6 +161,7 @@ class Trainer:
                         save_checkpoint(self.state(), self.out / "best.pt")
                 self.history.append(record)
                 logger.log(record)
+                self.train_seconds += time.perf_counter() - epoch_start
                 save_checkpoint(self.state(), self.out / "last.pt")
                 self.plot()
         finally:
@@ -161,6 +174,25 @@ class Trainer:
                 "table": evaluation.table, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                 "seconds": seconds, "out_dir": str(self.out)}
 
+    def fit_time_limit(self, limit_seconds: float, elapsed: float) -> None:
+        """Cut the plan to the epochs that fit in ``limit_seconds`` of training at the mean epoch time so far
+        (``elapsed`` seconds over ``self.epoch`` epochs, evaluations included), as Ultralytics' ``time=``: on a
+        slower machine the run trains fewer epochs, with the LR schedule compressed to end at the new last
+        epoch, instead of running over."""
+        per_epoch = elapsed / self.epoch
+        affordable = self.epoch + int((limit_seconds - elapsed) // per_epoch)
+        if affordable < self.planned_epochs:
+            fitted = max(affordable, self.epoch)
+            self.print(f"train.time_limit {limit_seconds / 60:g} min: {per_epoch:.0f} s per epoch, so "
+                       f"{fitted} epochs instead of {self.planned_epochs}")
+            self.plan(fitted)
+
+    def plan(self, epochs: int) -> None:
+        """Train ``epochs`` epochs in all, the LR schedule ending with the last of them."""
+        self.planned_epochs = epochs
+        factor = lr_factor(self.cfg.train, self.iterations_per_epoch, epochs)
+        self.scheduler.lr_lambdas = [factor] * len(self.optimizer.param_groups)
+
     def train_one_epoch(self) -> dict:
         t = self.cfg.train
         torch.manual_seed(t.seed + self.epoch)
@@ -168,7 +200,7 @@ class Trainer:
                              seed=t.seed + self.epoch, drop_last=self.drop_last)
         self.model.train()
         sums, count, start = {}, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.planned_epochs}", leave=False, dynamic_ncols=True)
         for images, targets in bar:
             if self.epoch == 0 and count == 0:
                 draw_batch(images[:16], targets[:16], self.data.class_names, self.out / "train_batch0.png")

@@ -203,3 +203,23 @@ def test_mixed_precision_step_computes_in_half_and_keeps_float32_weights(tmp_pat
         assert steps == 1
     else:
         assert trainer.scaler.get_scale() == 2.0 ** (17 - steps)
+
+
+def test_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path):
+    printed = []
+    trainer = Trainer(tiny_config(tmp_path, "train.epochs=10", "train.warmup_epochs=0"), print_fn=printed.append)
+    trainer.epoch = 2
+    trainer.fit_time_limit(limit_seconds=100, elapsed=40)  # 20 s per epoch: 3 more fit
+    assert trainer.planned_epochs == 5 and "5 epochs instead of 10" in printed[-1]
+    factor = trainer.scheduler.lr_lambdas[0]
+    assert factor(5 * trainer.iterations_per_epoch) == pytest.approx(0.01)
+    trainer.fit_time_limit(limit_seconds=100, elapsed=30)  # faster later: the plan never grows back
+    assert trainer.planned_epochs == 5
+
+
+def test_a_time_limit_already_spent_stops_after_the_epoch_with_an_evaluation(tmp_path):
+    summary = train(tiny_config(tmp_path, "train.epochs=3", "train.eval_every=5", "train.time_limit=0.00001"),
+                    print_fn=lambda *a: None)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 1 and state["planned_epochs"] == 1 and summary["best_epoch"] == 1
+    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["mAP50"] == summary["ap50"]
