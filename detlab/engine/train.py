@@ -181,8 +181,9 @@ class Trainer:
         epoch, instead of running over."""
         per_epoch = elapsed / self.epoch
         affordable = self.epoch + int((limit_seconds - elapsed) // per_epoch)
-        if affordable < self.planned_epochs:
-            fitted = max(affordable, self.epoch)
+        # re-planned after every epoch, both ways: a slow start (first epoch, a busy machine) is not final
+        fitted = min(max(affordable, self.epoch), self.cfg.train.epochs)
+        if fitted != self.planned_epochs:
             self.print(f"train.time_limit {limit_seconds / 60:g} min: {per_epoch:.0f} s per epoch, so "
                        f"{fitted} epochs instead of {self.planned_epochs}")
             self.plan(fitted)
