@@ -91,7 +91,7 @@ class Trainer:
         self.out = Path(t.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.epoch, self.history, self.best_metric, self.best_epoch = 0, [], -math.inf, None
-        # epochs this run will train: train.epochs, or fewer when train.time_limit cannot hold them
+        # epochs this run will train: train.epochs, or fewer when train.time_limit cannot hold them (fit_time_limit)
         self.planned_epochs, self.train_seconds = t.epochs, 0.0
 
     # ---- checkpoints
@@ -175,10 +175,10 @@ class Trainer:
                 "seconds": seconds, "out_dir": str(self.out)}
 
     def fit_time_limit(self, limit_seconds: float, elapsed: float) -> None:
-        """Cut the plan to the epochs that fit in ``limit_seconds`` of training at the mean epoch time so far
-        (``elapsed`` seconds over ``self.epoch`` epochs, evaluations included), as Ultralytics' ``time=``: on a
-        slower machine the run trains fewer epochs, with the LR schedule compressed to end at the new last
-        epoch, instead of running over."""
+        """Re-plan to the epochs (at most ``train.epochs``) that fit in ``limit_seconds`` of training at the mean
+        epoch time so far (``elapsed`` seconds over ``self.epoch`` epochs, evaluations included), as Ultralytics'
+        ``time=``: on a slower machine the run trains fewer epochs, its LR schedule ending at the new last epoch,
+        instead of running over."""
         per_epoch = elapsed / self.epoch
         affordable = self.epoch + int((limit_seconds - elapsed) // per_epoch)
         # re-planned after every epoch, both ways: a slow start (first epoch, a busy machine) is not final
