@@ -3,8 +3,9 @@
 import os
 
 import torch
-from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend needed
 from matplotlib.ticker import MaxNLocator
+
+from detlab.plotting import figure, save_figure
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -21,24 +22,24 @@ def per_class_accuracy(confusion: torch.Tensor) -> list[float | None]:
 
 def plot_history(history: dict[str, list[float]], path: str | os.PathLike) -> None:
     """Train and validation accuracy (left) and loss (right) per epoch, as the seeds plot them."""
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    fig = figure((10, 4), layout="constrained")
     epochs = range(1, len(history["train_loss"]) + 1)
-    for axes, metric, title in zip(figure.subplots(1, 2), ("acc", "loss"), ("Accuracy", "Loss")):
+    for axes, metric, title in zip(fig.subplots(1, 2), ("acc", "loss"), ("Accuracy", "Loss")):
         axes.plot(epochs, history[f"train_{metric}"], marker="o", label=f"training {title.lower()}")
         axes.plot(epochs, history[f"val_{metric}"], marker="o", label=f"validation {title.lower()}")
         axes.set(title=f"Training and validation {title.lower()}", xlabel="epoch", ylabel=title)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend()
-    figure.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.PathLike) -> None:
     """The confusion matrix with counts in the cells."""
     size = max(4.0, 0.5 * len(classes) + 2)
-    figure = Figure(figsize=(size + 1, size), layout="constrained")
-    axes = figure.subplots()
+    fig = figure((size + 1, size), layout="constrained")
+    axes = fig.subplots()
     image = axes.imshow(confusion.numpy(), cmap="Blues")
-    figure.colorbar(image, ax=axes)
+    fig.colorbar(image, ax=axes)
     ticks = range(len(classes))
     axes.set_xticks(ticks, classes, rotation=45, ha="right")
     axes.set_yticks(ticks, classes)
@@ -48,4 +49,4 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.P
         for i, row in enumerate(confusion.tolist()):
             for j, count in enumerate(row):
                 axes.text(j, i, count, ha="center", va="center", color="white" if count > threshold else "black")
-    figure.savefig(path, dpi=100)
+    save_figure(fig, path)

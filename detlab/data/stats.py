@@ -4,6 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detlab.plotting import figure, save_figure
+
 
 def dataset_stats(dataset) -> dict:
     """``{"images", "boxes", "empty_images", "boxes_per_class": {name: count}, "box_sizes": float64[N]}`` where a
@@ -29,13 +31,9 @@ def dataset_stats(dataset) -> dict:
 
 def plot_box_sizes(stats: dict, path, bins: int = 30) -> Path:
     """Histogram of ``stats["box_sizes"]`` (log-spaced bins, COCO's 32/96 thresholds marked) saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: tools run on machines without a display
-    import matplotlib.pyplot as plt
-
     sizes = stats["box_sizes"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = figure((7, 4))
+    ax = fig.add_subplot()
     if len(sizes):
         edges = np.geomspace(max(sizes.min(), 1.0), max(sizes.max(), 2.0), bins + 1)
         ax.hist(np.clip(sizes, edges[0], None), bins=edges, color="tab:blue")
@@ -46,11 +44,7 @@ def plot_box_sizes(stats: dict, path, bins: int = 30) -> Path:
     ax.set_ylabel("boxes")
     ax.set_title(f"{stats['boxes']} boxes in {stats['images']} images")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def format_stats(stats: dict) -> str:

@@ -1,7 +1,7 @@
 """Run logs: one JSON object per line in ``log.jsonl``, mirrored to TensorBoard, and the
 PNGs of a run (first augmented training batch with its boxes, loss and mAP curves).
 
-Plots use matplotlib's Agg canvas directly (no pyplot, no global backend switch), as :mod:`detlab.eval.report`.
+Plots are drawn with :mod:`detlab.plotting` (a private Agg canvas, no global matplotlib state).
 """
 
 import json
@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 
 import torch
+
+from detlab.plotting import draw_boxes, figure, save_figure
 
 
 class RunLogger:
@@ -34,16 +36,6 @@ class RunLogger:
         self.writer.close()
 
 
-def figure(figsize=(6, 4)):
-    """A matplotlib Figure on its own Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_curves(history: list[dict], keys: list[str], path: str | Path, title: str, ylabel: str) -> None:
     """Line plot of ``record[key]`` over ``record["epoch"]`` for every epoch record holding it."""
     fig = figure()
@@ -60,7 +52,7 @@ def plot_curves(history: list[dict], keys: list[str], path: str | Path, title: s
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no values yet", ha="center", va="center", transform=ax.transAxes)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def draw_batch(images: list[torch.Tensor], targets: list[dict], class_names: list[str], path: str | Path,
@@ -72,20 +64,4 @@ def draw_batch(images: list[torch.Tensor], targets: list[dict], class_names: lis
         ax = fig.add_subplot(rows, columns, i + 1)
         draw_boxes(ax, image, target["boxes"], target["labels"], class_names)
     fig.tight_layout()
-    fig.savefig(path)
-
-
-def draw_boxes(ax, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-               scores: torch.Tensor | None = None) -> None:
-    """Draw ``image`` and its ``boxes`` (Tensor[N, 4] xyxy pixels) labelled with class names (and scores)."""
-    from matplotlib.patches import Rectangle
-
-    pixels = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).to(torch.uint8)
-    ax.imshow(pixels.permute(1, 2, 0).cpu().numpy())
-    ax.axis("off")
-    for k, (box, label) in enumerate(zip(boxes.tolist(), labels.tolist())):
-        colour = f"C{label % 10}"
-        ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color=colour, linewidth=1.5))
-        text = class_names[label] + ("" if scores is None else f" {float(scores[k]):.2f}")
-        ax.text(box[0], box[1], text, color="white", fontsize=7, va="bottom",
-                bbox=dict(facecolor=colour, alpha=0.7, pad=1, linewidth=0))
+    save_figure(fig, path)

@@ -1,7 +1,7 @@
 """Reports of evaluation results: printed tables, a JSON of all figures, PR curves as PNG.
 
-Plots use matplotlib's Agg canvas directly (no pyplot, no global backend switch), so they work headless and
-inside other programs.
+Plots are drawn with :mod:`detlab.plotting` (a private Agg canvas, no global matplotlib state), so they work
+headless and inside other programs.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from detlab.plotting import figure, save_figure
 
 from .coco import AREA_NAMES, REC_THRS, STAT_NAMES, CocoResult
 from .voc import VocResult
@@ -73,11 +75,7 @@ def pr_curves(result: CocoResult | VocResult) -> dict:
 
 def plot_pr_curves(curves: dict, path: str | Path, title: str = "Precision-recall") -> None:
     """Draw {label: (recall, precision)} into one PNG (at most 20 curves, the first ones)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 5), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure((6, 5))
     ax = fig.add_subplot()
     for label, (rec, prec) in list(curves.items())[:20]:
         ax.plot(rec, prec, label=label, linewidth=1.2)
@@ -85,5 +83,4 @@ def plot_pr_curves(curves: dict, path: str | Path, title: str = "Precision-recal
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=7, loc="lower left")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
