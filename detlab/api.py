@@ -1,6 +1,6 @@
 """Detector: a trained detection checkpoint ready to predict on paths, PIL images, arrays or tensors.
 
-    det = Detector.from_checkpoint("runs/yolov3_synthetic/best.pt", device="cpu")
+    det = Detector.from_checkpoint("runs/yolov3_synthetic/best.pt")   # device="auto": CUDA when visible
     result = det.predict("image.jpg")        # {"boxes", "scores", "labels", "class_names"}, original pixels
     results = det.predict([pil_image, array_hwc_uint8, tensor_chw])
 
@@ -14,42 +14,30 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from detlab.config import config_from_dict, config_to_dict, load_config
-from detlab.engine.checkpoint import load_checkpoint
-from detlab.models import build_model
+from detlab.config import config_to_dict
+from detlab.engine.checkpoint import load_detector
+from detlab.engine.runtime import resolve_device
 
 
 class Detector:
     """A detector in eval mode with its ``class_names`` and ``config`` (a nested dict, as in the checkpoint)."""
 
-    def __init__(self, model: torch.nn.Module, class_names: list[str], config: dict, device="cpu"):
-        self.model = model.to(device).eval()
-        self.class_names, self.config, self.device = list(class_names), config, torch.device(device)
+    def __init__(self, model: torch.nn.Module, class_names: list[str], config: dict, device="auto"):
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.class_names, self.config = list(class_names), config
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device="cpu", use_ema: bool = True,
+    def from_checkpoint(cls, path: str | Path, device="auto", use_ema: bool = True,
                         overrides: list[str] = ()) -> "Detector":
-        """Load a checkpoint written by :func:`detlab.engine.train` (its EMA weights when it has them).
+        """Load a checkpoint written by :func:`detlab.engine.train` (``best.pt``, or ``last.pt`` with its EMA
+        weights when it has them); ``device="auto"`` is the GPU when CUDA sees one.
 
         ``overrides`` change its config before the model is built, e.g. the inference settings
-        ``["model.score_threshold=0.1", "model.multi_label=false"]``; one that changes the architecture makes the
-        weights not fit, which is an error."""
-        state = load_checkpoint(path)
-        cfg = config_from_dict(state["config"], source=f"checkpoint {path}")
-        if overrides:
-            cfg = load_config(None, overrides, base=config_to_dict(cfg))
-        config = config_to_dict(cfg)
-        # the weights come from the checkpoint: do not load the backbone's pretrained ones again
-        cfg.model.weights = None
-        model = build_model(cfg.model, len(state["class_names"]))
-        weights = state["ema"]["module"] if use_ema and state.get("ema") else state["model"]
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            first = str(e).splitlines()[0]
-            raise ValueError(f"checkpoint {path}: its weights do not fit a {cfg.model.name} with backbone "
-                             f"{cfg.model.backbone} and {len(state['class_names'])} classes ({first})") from e
-        return cls(model, state["class_names"], config, device)
+        ``["model.score_threshold=0.1", "model.yolov3.multi_label=false"]``; one that changes the architecture
+        is an error naming the key (the weights would not fit)."""
+        loaded = load_detector(path, overrides, use_ema)
+        return cls(loaded.model, loaded.class_names, config_to_dict(loaded.config), device)
 
     @torch.inference_mode()
     def predict(self, images, score_threshold: float = 0.25, batch_size: int = 8):

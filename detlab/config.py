@@ -1,13 +1,31 @@
-"""Detection experiment configuration: dataclasses, YAML loading and dotted command-line overrides.
+"""Experiment configuration: dataclasses, YAML loading with ``base:`` inheritance, dotted command-line overrides.
 
-    cfg = load_config("configs/yolov3_resnet50_voc.yaml", ["train.epochs=50", "model.backbone=resnet18"])
+    cfg = load_config("configs/yolov3_resnet50_voc.yaml", ["train.epochs=50", "model.yolov3.image_size=320"])
 
-A YAML file holds any subset of the three sections ``model``, ``data``, ``train``; everything else keeps the
-defaults below (the defaults are the synthetic-shapes experiment of ``python tools/train_det.py``). An unknown
-section or key, a value of the wrong type or an unknown choice is an error that names the key and lists the
-valid ones.
+A detection config holds any subset of the sections ``model``, ``data`` and ``train``; whatever it leaves out
+keeps the defaults below (the synthetic-shapes experiment of ``python tools/train_det.py``)::
+
+    base: yolov3_resnet50_voc.yaml   # optional: start from that file (relative to this one), merged key by key
+    model:
+      name: yolov3                   # a key of detlab.models.MODELS
+      backbone: resnet50             # shared keys stay flat ...
+      score_threshold: 0.001
+      yolov3:                        # ... the family's own keys live in its section
+        image_size: 416
+    data: {dataset: voc, years: [2007, 2012], train_splits: trainval}
+    train: {epochs: 50}
+
+Every value is checked when it is read, and the message names the file or override it came from: an unknown key
+(listing the valid ones at that level, sections included), a value of the wrong type, or a choice that the code
+defining it does not know (``choices`` in a field's metadata: the model table, ``BACKBONES``, the YOLO box losses,
+the optimizers ...). The section of a family other than ``model.name`` is an error. A key of the flat layout that
+detlab 0.1 wrote (``model.image_size``, ``data.year``, ...) is named with its new place; :func:`migrate_flat_layout`
+converts such a config, as the checkpoints of that release hold it.
+
+:func:`load_dataclass` is the same machinery for any flat dataclass (the classification config).
 """
 
+import copy
 import dataclasses
 import types
 import typing
@@ -17,40 +35,61 @@ from pathlib import Path
 import yaml
 
 from detlab.backbones import BACKBONES
+from detlab.engine.data import DATASETS
+from detlab.engine.optim import OPTIMIZERS, SCHEDULES
+from detlab.engine.runtime import AMP_DTYPES
+from detlab.models import MODELS, model_family
+
+
+def choice(default, choices, **kwargs):
+    """A dataclass field whose value must be one of ``choices`` (a dict's keys or a tuple), checked on load."""
+    return field(default=default, metadata={"choices": choices}, **kwargs)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "yolov3"
-    backbone: str = "resnet18"
+    """The ``model`` section: the keys every family has, and ``section``, the family's own (``model.<name>``).
+
+    ``section`` is an instance of ``MODELS[name].config`` (e.g. :class:`detlab.models.yolov3.YOLOv3Config`); it
+    also reads under the family's name, as in YAML: ``cfg.model.yolov3.image_size``.
+    """
+
+    name: str = choice("yolov3", MODELS)
+    backbone: str = choice("resnet18", BACKBONES)
     weights: str | None = None  # None (random init), "imagenet", or a checkpoint path (see detlab.backbones)
-    image_size: int = 128  # side of the square letterboxed input
-    neck_channels: list[int] = field(default_factory=lambda: [64, 128, 256])  # per level, stride 8 first (paper: 128, 256, 512)
-    anchors: list[list[float]] | None = None  # nine (w, h) in input pixels; None: the paper's, scaled from 416
-    box_loss: str = "ciou"  # paper | giou | ciou
-    ignore_threshold: float = 0.5
-    multi_anchor_threshold: float | None = 0.25  # also assign every anchor with shape IoU above it (None: paper)
-    neighbour_cells: bool = True  # also assign the 2 adjacent cells nearest each centre (YOLOv5); false: the paper
-    score_threshold: float = 0.01
-    nms_threshold: float = 0.45
-    max_detections: int = 100
-    multi_label: bool = True  # inference: a box under every class above the threshold, or only its best one
+    score_threshold: float = 0.01  # inference: keep detections scoring above it
+    nms_threshold: float = 0.45  # inference: per-class NMS IoU
+    max_detections: int = 100  # inference: per image
+    section: typing.Any = None  # MODELS[name].config(); None: its defaults
+
+    def __post_init__(self):
+        if self.section is None:
+            self.section = model_family(self.name).config()
+
+    def __getattr__(self, name: str):
+        # only reached for attributes that do not exist: the family's name reads its section
+        if name == self.__dict__.get("name") and "section" in self.__dict__:
+            return self.__dict__["section"]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r} (model.name is "
+                             f"{self.__dict__.get('name')!r}: its section is model.{self.__dict__.get('name')})")
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic | voc | coco
+    dataset: str = choice("synthetic", DATASETS)
     root: str | None = None  # voc: the folder holding VOCdevkit; coco: the folder holding annotations/
-    year: str = "2007"  # voc
-    train_split: str = "trainval"  # voc: ImageSets/Main/<split>.txt; coco: images <root>/<split>, instances_<split>
-    val_split: str = "test"
+    years: list[str] = field(default_factory=lambda: ["2007"])  # voc: VOCdevkit/VOC<year> (a single year works)
+    val_years: list[str] | None = None  # voc: the validation splits' years; None: data.years
+    # voc: ImageSets/Main/<split>.txt of every year; coco: images <root>/<split>, annotations/instances_<split>.json
+    train_splits: list[str] = field(default_factory=lambda: ["trainval"])
+    val_splits: list[str] = field(default_factory=lambda: ["test"])
     val_on_train: bool = False  # evaluate on the training images (memorisation checks)
     max_train_images: int | None = None  # keep the first N training images
     synthetic_train: int = 960  # synthetic: number of images (train seed = seed, val seed = seed + 1)
     synthetic_val: int = 100
     synthetic_size: int = 128
     flip: bool = True
-    scale_jitter: list[float] | None = None  # [low, high] zoom-in factors (>= 1), then crop back to image_size
+    scale_jitter: list[float] | None = None  # [low, high] zoom-in factors (>= 1), then crop back to the input size
     photometric: bool = False
     num_workers: int = 0  # 0: load in the training process (best on a 2-core CPU)
 
@@ -59,15 +98,17 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 14  # the most; train.time_limit may cut them
     batch_size: int = 8
-    optimizer: str = "adamw"  # sgd | adamw
+    optimizer: str = choice("adamw", OPTIMIZERS)
     lr: float = 1.5e-3
-    momentum: float = 0.9  # sgd momentum / adamw beta1
+    momentum: float = 0.9  # sgd momentum / adam(w) beta1
+    nesterov: bool = True  # sgd
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # cosine | step
+    schedule: str = choice("cosine", SCHEDULES)
+    final_lr_fraction: float = 0.01  # cosine: the LR at the end, as a fraction of lr
     milestones: list[float] = field(default_factory=lambda: [0.8, 0.9])  # step: fractions of the epochs
-    gamma: float = 0.1
-    amp: str = "off"  # off | fp16 | bf16
+    gamma: float = 0.1  # step: LR factor at each milestone
+    amp: str = choice("off", AMP_DTYPES)
     clip_grad_norm: float | None = 10.0
     ema: bool = True
     ema_decay: float = 0.9998
@@ -79,7 +120,7 @@ class TrainConfig:
     transfer: str = "full"  # feature_extract | partial:N | full (detlab.transfer)
     backbone_lr_mult: float | None = None  # backbone LR = lr * this; None: 0.1 with pretrained weights, else 1
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads; None: torch's default
     out_dir: str = "runs/yolov3_synthetic"
 
@@ -91,90 +132,205 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-# dotted key -> allowed values; checked on load so a typo fails before any work starts
-CHOICES = {
-    "model.name": ("yolov3",),
-    "model.backbone": tuple(BACKBONES),
-    "model.box_loss": ("paper", "giou", "ciou"),
-    "data.dataset": ("synthetic", "voc", "coco"),
-    "train.optimizer": ("sgd", "adamw"),
-    "train.schedule": ("cosine", "step"),
-    "train.amp": ("off", "fp16", "bf16"),
-}
-
-
 class ConfigError(ValueError):
     """A bad configuration: the message names the file or option and the key."""
 
 
+#: Where the keys of detlab 0.1's flat layout (checkpoint format ``detlab.detect/1``) live now.
+MOVED_KEYS = {
+    **{f"model.{key}": f"model.yolov3.{key}" for key in (
+        "image_size", "neck_channels", "anchors", "box_loss", "ignore_threshold", "multi_anchor_threshold",
+        "neighbour_cells", "multi_label")},
+    "data.year": "data.years",
+    "data.train_split": "data.train_splits",
+    "data.val_split": "data.val_splits",
+}  # fmt: skip
+
+
+# ---- loading
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
-    """Defaults (or the config dict ``base``, e.g. a checkpoint's), updated by the YAML file ``path`` (if any),
-    then by ``overrides`` (``"section.key=value"``, value parsed as YAML: ``train.epochs=5``,
-    ``model.neck_channels=[64,128,256]``, ``model.weights=null``)."""
-    data = config_to_dict(Config())
-    if base is not None:
-        _merge(data, base, "base config")
+    """Defaults (or the config dict ``base``, e.g. a checkpoint's), updated by the YAML file ``path`` (if any, after
+    the files it inherits from), then by ``overrides`` (``"section.key=value"``, value parsed as YAML:
+    ``train.epochs=5``, ``model.yolov3.neck_channels=[64,128,256]``, ``model.weights=null``)."""
+    layers = [("base config", base)] if base is not None else []
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(data)}), got {type(loaded).__name__}")
-        _merge(data, loaded, str(path))
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep:
-            raise ConfigError(f"override {override!r}: expected section.key=value")
-        *sections, last = key.strip().split(".")
-        _merge(data, _nest(sections + [last], yaml.safe_load(value)), f"override {override!r}")
-    return config_from_dict(data)
-
-
-def config_to_dict(cfg: Config) -> dict:
-    """Plain nested dict (YAML / checkpoint ready)."""
-    return dataclasses.asdict(cfg)
+        layers += read_yaml_layers(path)
+    return config_from_layers(layers + parse_overrides(overrides))
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:
     """A :class:`Config` from a (possibly partial) nested dict, every value checked."""
-    merged = config_to_dict(Config())
-    _merge(merged, data, source)
-    sections = {f.name: f.type for f in dataclasses.fields(Config)}
-    cfg = Config(**{name: _build_section(cls, merged[name], f"{source}: {name}") for name, cls in sections.items()})
-    for dotted, allowed in CHOICES.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value not in allowed:
-            raise ConfigError(f"{source}: {dotted} = {value!r} is not valid; valid choices: {', '.join(allowed)}")
-    return cfg
+    return config_from_layers([(source, data)])
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict (YAML / checkpoint ready); the model's section under its family's name."""
+    data = dataclasses.asdict(cfg)
+    data["model"][cfg.model.name] = data["model"].pop("section")
+    return data
+
+
+def config_from_layers(layers: list[tuple[str, dict]]) -> Config:
+    """The defaults updated by each ``(source, nested dict)`` in turn; errors name the source."""
+    name_source, name = "defaults", ModelConfig.name
+    for source, layer in layers:
+        given = layer.get("model") if isinstance(layer, dict) else None
+        if isinstance(given, dict) and "name" in given:
+            name_source, name = source, given["name"]
+    if name not in MODELS:
+        raise ConfigError(f"{name_source}: model.name = {name!r} is not valid; valid choices: {', '.join(MODELS)}")
+    data = config_to_dict(Config(model=ModelConfig(name=name)))
+    schema = _schema(Config)
+    schema["model"].pop("section")
+    schema["model"][name] = _schema(model_family(name).config)
+
+    def explain(dotted: str) -> str | None:
+        family = dotted.removeprefix("model.")
+        if dotted.startswith("model.") and family in MODELS:
+            return (f"model.{family} is the section of model {family!r}, but model.name is {name!r}: remove it, "
+                    f"or set model.name: {family}")
+        if dotted in MOVED_KEYS:
+            return f"{dotted} is now {MOVED_KEYS[dotted]}"
+        return None
+
+    for source, layer in layers:
+        _merge(data, layer, schema, source, explain)
+    model = data["model"]
+    section = model_family(name).config(**model.pop(name))
+    return Config(model=ModelConfig(**model, section=section), data=DataConfig(**data["data"]),
+                  train=TrainConfig(**data["train"]))
+
+
+def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = (), values: dict | None = None):
+    """An instance of the flat dataclass ``cls``: its defaults, updated by the YAML file ``path`` (with its
+    ``base:`` chain), by ``overrides`` (``"key=value"``) and by ``values`` (already typed, e.g. parsed flags)."""
+    layers = read_yaml_layers(path) if path is not None else []
+    layers += parse_overrides(overrides)
+    if values:
+        layers.append(("command line", values))
+    data = dataclasses.asdict(cls())
+    schema = _schema(cls)
+    for source, layer in layers:
+        _merge(data, layer, schema, source, lambda dotted: None)
+    return cls(**data)
+
+
+def read_yaml_layers(path: str | Path, _chain: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """``[(file, dict), ...]`` of ``path`` and the files it starts from (``base: other.yaml``, relative to it),
+    the most basic first. A missing file, a YAML syntax error (file, line, column) or a cycle of bases is a
+    ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        named_by = f" (the base of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file {path} does not exist{named_by}")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(path.resolve()):], path.resolve()))
+        raise ConfigError(f"config files start from each other in a cycle: {cycle}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    layers = []
+    if "base" in loaded:
+        base = loaded.pop("base")
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be the path of another config file, got {base!r}")
+        layers = read_yaml_layers(path.parent / base, (*_chain, path.resolve()))
+    return layers + [(str(path), loaded)]
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, dict]]:
+    """``["train.epochs=5", ...]`` -> ``[("override 'train.epochs=5'", {"train": {"epochs": 5}}), ...]``."""
+    layers = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        source = f"override {override!r}"
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: expected key=value (e.g. train.epochs=5)")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{source}: the value is not valid YAML ({getattr(error, 'problem', error)})") from None
+        layers.append((source, _nest(key.strip().split("."), parsed)))
+    return layers
+
+
+def migrate_flat_layout(data: dict) -> dict:
+    """A config dict of detlab 0.1's flat layout (YOLO keys directly under ``model``, one VOC ``year`` and one
+    split each) in today's layout (:data:`MOVED_KEYS`); a config already in today's layout comes back unchanged."""
+    data = copy.deepcopy(data)
+    for old, new in MOVED_KEYS.items():
+        old_section, old_key = old.split(".")
+        section = data.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            *parents, last = new.split(".")
+            target = data
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[last] = section.pop(old_key)
+    return data
+
+
+# ---- checking
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    hint: typing.Any
+    choices: typing.Any = None
+
+
+def _schema(cls) -> dict:
+    """``{key: _Leaf or nested schema}`` of a dataclass (fields whose type is a dataclass are nested)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _schema(hints[f.name]) if dataclasses.is_dataclass(hints[f.name])
+            else _Leaf(hints[f.name], f.metadata.get("choices")) for f in dataclasses.fields(cls)}
 
 
 def _nest(keys: list[str], value) -> dict:
     return {keys[0]: _nest(keys[1:], value)} if len(keys) > 1 else {keys[0]: value}
 
 
-def _merge(into: dict, update: dict, source: str, prefix: str = "") -> None:
-    """Recursive update of ``into`` by ``update`` refusing keys ``into`` does not have."""
+def _merge(into: dict, update, schema: dict, source: str, explain, prefix: str = "") -> None:
+    """Recursive update of ``into`` by ``update``, every key and value checked against ``schema``."""
+    if not isinstance(update, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the config'} must be a mapping of "
+                          f"{_keys(schema, prefix)}, got {update!r}")
     for key, value in update.items():
-        if key not in into:
-            valid = ", ".join(prefix + k for k in into)
-            raise ConfigError(f"{source}: unknown key {prefix + str(key)!r}; valid keys: {valid}")
-        if isinstance(into[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: {prefix + key} must be a mapping of {', '.join(into[key])}")
-            _merge(into[key], value, source, f"{prefix}{key}.")
-        else:
-            into[key] = value
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            reason = explain(dotted) or f"unknown key {dotted!r}; valid keys: {_keys(schema, prefix)}"
+            raise ConfigError(f"{source}: {reason}")
+        if isinstance(schema[key], dict):
+            _merge(into[key], value, schema[key], source, explain, f"{dotted}.")
+            continue
+        leaf = schema[key]
+        checked = _checked(value, leaf.hint, f"{source}: {dotted}")
+        if leaf.choices is not None and checked not in leaf.choices:
+            raise ConfigError(f"{source}: {dotted} = {checked!r} is not valid; valid choices: "
+                              f"{', '.join(leaf.choices)}")
+        into[key] = checked
 
 
-def _build_section(cls, values: dict, where: str):
-    hints = typing.get_type_hints(cls)
-    return cls(**{name: _checked(value, hints[name], f"{where}.{name}") for name, value in values.items()})
+def _keys(schema: dict, prefix: str) -> str:
+    """The keys of a schema level; below the top, a nested section as ``prefix.section.{a, b, ...}``."""
+    if not prefix:
+        return ", ".join(schema)
+    return ", ".join(f"{prefix}{key}.{{{', '.join(sub)}}}" if isinstance(sub, dict) else f"{prefix}{key}"
+                     for key, sub in schema.items())
 
 
 def _checked(value, hint, where: str):
-    """``value`` converted to ``hint`` (int -> float, list -> list of the element type) or ConfigError."""
+    """``value`` converted to ``hint`` (int -> float, list -> list of the element type, a single string for a
+    list of strings) or ConfigError."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
         if type(None) in options:
@@ -185,6 +341,9 @@ def _checked(value, hint, where: str):
         if origin is list and isinstance(value, (list, tuple)):
             (element,) = typing.get_args(option)
             return [_checked(v, element, f"{where}[{i}]") for i, v in enumerate(value)]
+        if origin is list and typing.get_args(option) == (str,) and isinstance(value, (str, int)) \
+                and not isinstance(value, bool):
+            return [str(value)]  # `years: 2007`, `train_splits: trainval`: one entry
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if option is float and isinstance(value, str) and _is_float(value):
@@ -194,6 +353,16 @@ def _checked(value, hint, where: str):
         if option in (int, bool, str) and type(value) is option:
             return value
     raise ConfigError(f"{where}: expected {_name(hint)}, got {value!r}")
+
+
+def check_choices(obj, where: str = "") -> None:
+    """Raise ValueError for a field of the dataclass instance ``obj`` whose value is not among its ``choices``
+    (for dataclasses built directly in Python rather than loaded)."""
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        if choices is not None and getattr(obj, f.name) not in choices:
+            raise ValueError(f"{where}{f.name}={getattr(obj, f.name)!r} is not valid; valid choices: "
+                             f"{', '.join(choices)}")
 
 
 def _is_float(text: str) -> bool:

@@ -5,9 +5,9 @@ from pathlib import Path
 from detlab.config import Config, load_config
 
 TINY = [
-    "model.backbone=resnet18", "model.image_size=64", "model.neck_channels=[16,32,64]",
+    "model.backbone=resnet18", "model.yolov3.image_size=64", "model.yolov3.neck_channels=[16,32,64]",
     "data.synthetic_train=8", "data.synthetic_val=4", "data.synthetic_size=64", "data.num_workers=0",
-    "train.batch_size=4", "train.epochs=1", "train.eval_every=1", "train.warmup_epochs=0.5",
+    "train.batch_size=4", "train.epochs=1", "train.eval_every=1", "train.warmup_epochs=0.5", "train.device=cpu",
 ]  # fmt: skip
 
 

@@ -3,21 +3,23 @@ import threading
 import numpy as np
 import pytest
 import torch
-from det_helpers import train_tiny
 from PIL import Image
 
 from detlab.api import Detector
+from detlab.config import ConfigError
 from detlab.data import SyntheticShapes
+
+EVERYTHING = ["model.score_threshold=0.0"]  # keep every detection: the tiny model scores low
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("run"), "model.score_threshold=0.0")
+def checkpoint(tiny_run):
+    return tiny_run / "best.pt"
 
 
 @pytest.fixture(scope="module")
 def detector(checkpoint):
-    return Detector.from_checkpoint(checkpoint, device="cpu")
+    return Detector.from_checkpoint(checkpoint, device="cpu", overrides=EVERYTHING)
 
 
 def check(result, height, width):
@@ -75,7 +77,7 @@ def test_bad_inputs_are_clear_errors(detector, tmp_path, checkpoint):
         detector.predict(3)
     # a checkpoint whose weights belong to another model
     state = torch.load(checkpoint, weights_only=True)
-    state["config"]["model"]["neck_channels"] = [8, 16, 32]
+    state["config"]["model"]["yolov3"]["neck_channels"] = [8, 16, 32]
     torch.save(state, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="do not fit a yolov3 with backbone resnet18"):
         Detector.from_checkpoint(tmp_path / "other.pt")
@@ -87,10 +89,39 @@ def test_bad_inputs_are_clear_errors(detector, tmp_path, checkpoint):
 def test_overrides_change_the_inference_settings_and_are_checked(checkpoint, detector):
     image, _ = SyntheticShapes(1, 128, 128, seed=5)[0]
     everything = detector.predict(image, score_threshold=0.0)
-    capped = Detector.from_checkpoint(checkpoint, overrides=["model.max_detections=3"])
+    capped = Detector.from_checkpoint(checkpoint, device="cpu", overrides=EVERYTHING + ["model.max_detections=3"])
     assert capped.config["model"]["max_detections"] == 3 and detector.config["model"]["max_detections"] == 100
     few = capped.predict(image, score_threshold=0.0)
     assert len(everything["scores"]) > 3 and len(few["scores"]) == 3
     torch.testing.assert_close(few["scores"], everything["scores"][:3])
     with pytest.raises(ValueError, match="unknown key 'model.max_detection'"):
         Detector.from_checkpoint(checkpoint, overrides=["model.max_detection=3"])
+    # a family setting that is not architecture changes too
+    single = Detector.from_checkpoint(checkpoint, device="cpu", overrides=EVERYTHING + ["model.yolov3.multi_label=false"])
+    assert single.model.multi_label is False and detector.model.multi_label is True
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.yolov3.neck_channels=[8,16,32]", "model.yolov3.neck_channels"),
+    ("model.yolov3.image_size=96", "model.yolov3.image_size"),
+    ("model.backbone=resnet34", "model.backbone"),
+])  # fmt: skip
+def test_overrides_of_the_architecture_are_refused_naming_the_key(checkpoint, override, key):
+    with pytest.raises(ConfigError, match=rf"{checkpoint}: {key} = .* would change the architecture"):
+        Detector.from_checkpoint(checkpoint, overrides=[override])
+
+
+def test_best_pt_is_the_inference_checkpoint_and_last_pt_predicts_the_same(tiny_run):
+    best = torch.load(tiny_run / "best.pt", weights_only=True)
+    last = torch.load(tiny_run / "last.pt", weights_only=True)
+    assert best["kind"] == "inference" and last["kind"] == "training"
+    assert not {"optimizer", "ema", "scheduler", "rng"} & set(best)
+    # one epoch: best.pt holds the EMA weights that last.pt keeps beside the raw ones
+    assert best["model"].keys() == last["ema"]["module"].keys()
+    assert all(torch.equal(best["model"][k], v) for k, v in last["ema"]["module"].items())
+    assert (tiny_run / "best.pt").stat().st_size < 0.3 * (tiny_run / "last.pt").stat().st_size
+    image, _ = SyntheticShapes(1, 64, 64, seed=7)[0]
+    a = Detector.from_checkpoint(tiny_run / "best.pt", device="cpu", overrides=EVERYTHING).predict(image, 0.0)
+    b = Detector.from_checkpoint(tiny_run / "last.pt", device="cpu", overrides=EVERYTHING).predict(image, 0.0)
+    torch.testing.assert_close(a["boxes"], b["boxes"])
+    torch.testing.assert_close(a["scores"], b["scores"])

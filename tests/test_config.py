@@ -1,44 +1,110 @@
+import re
+from pathlib import Path
+
 import pytest
 
-from detlab.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from detlab.config import (MOVED_KEYS, Config, ConfigError, ModelConfig, config_from_dict, config_to_dict, load_config,
+                           migrate_flat_layout)
+from detlab.models.yolov3 import YOLOv3Config
+
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def test_defaults_are_the_synthetic_experiment():
     cfg = load_config()
     assert cfg.data.dataset == "synthetic" and cfg.model.name == "yolov3"
     assert cfg == Config()
+    assert isinstance(cfg.model.section, YOLOv3Config) and cfg.model.yolov3 is cfg.model.section
+    assert cfg.model.yolov3.image_size == 128
 
 
 def test_dotted_overrides_parse_yaml_values():
-    cfg = load_config(None, ["train.epochs=50", "model.backbone=resnet50", "model.neck_channels=[32, 64, 128]",
-                             "train.lr=1e-3", "model.weights=null", "train.clip_grad_norm=null", "data.year=2012"])
+    cfg = load_config(None, ["train.epochs=50", "model.backbone=resnet50", "model.yolov3.neck_channels=[32, 64, 128]",
+                             "train.lr=1e-3", "model.weights=null", "train.clip_grad_norm=null", "data.years=2012"])
     assert cfg.train.epochs == 50 and cfg.model.backbone == "resnet50"
-    assert cfg.model.neck_channels == [32, 64, 128]
+    assert cfg.model.yolov3.neck_channels == [32, 64, 128]
     assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
     assert cfg.model.weights is None and cfg.train.clip_grad_norm is None
-    assert cfg.data.year == "2012"
+    assert cfg.data.years == ["2012"]
 
 
 def test_yaml_file_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model:\n  backbone: mobilenet_v3_large\ntrain:\n  epochs: 7\n  lr: 0.02\n")
+    path.write_text("model:\n  backbone: mobilenet_v3_large\n  yolov3:\n    box_loss: giou\n"
+                    "train:\n  epochs: 7\n  lr: 0.02\n")
     cfg = load_config(path, ["train.epochs=9"])
     assert cfg.model.backbone == "mobilenet_v3_large" and cfg.train.epochs == 9 and cfg.train.lr == 0.02
+    assert cfg.model.yolov3.box_loss == "giou" and cfg.model.yolov3.image_size == 128
+
+
+YOLO_KEYS = "model.yolov3.{image_size, neck_channels, anchors, box_loss"
 
 
 @pytest.mark.parametrize("override, message", [
     ("train.epochz=5", r"unknown key 'train.epochz'; valid keys: .*train.epochs"),
-    ("trian.epochs=5", r"unknown key 'trian'; valid keys: model, data, train"),
+    ("trian.epochs=5", r"unknown key 'trian'; valid keys: model, data, train$"),
     ("model.backbone=resnet19", r"model.backbone = 'resnet19' is not valid; valid choices: .*resnet18.*mobilenet_v3_large"),
-    ("train.optimizer=adam", r"valid choices: sgd, adamw"),
+    ("model.name=yolov4", r"model.name = 'yolov4' is not valid; valid choices: yolov3"),
+    ("train.optimizer=rmsprop", r"train.optimizer = 'rmsprop' is not valid; valid choices: sgd, adam, adamw"),
+    ("train.amp=fp8", r"train.amp = 'fp8' is not valid; valid choices: off, fp16, bf16"),
+    ("data.dataset=kitti", r"data.dataset = 'kitti' is not valid; valid choices: synthetic, voc, coco"),
     ("train.epochs=many", r"train.epochs: expected int, got 'many'"),
-    ("model.neck_channels=[1, x]", r"model.neck_channels\[1\]: expected int"),
-    ("train.epochs", r"expected section.key=value"),
-    ("train=5", r"train must be a mapping"),
+    ("model.yolov3.neck_channels=[1, x]", r"model.yolov3.neck_channels\[1\]: expected int"),
+    ("train.epochs", r"expected key=value"),
+    ("train=5", r"train must be a mapping of train.epochs, "),
+    # nested: the family's own section is validated like the others, and listed where a key is unknown
+    ("model.yolov3.anchorz=null", r"unknown key 'model.yolov3.anchorz'; valid keys: model.yolov3.image_size, "
+                                  r"model.yolov3.neck_channels, model.yolov3.anchors,"),
+    ("model.yolov3.box_loss=l1", r"model.yolov3.box_loss = 'l1' is not valid; valid choices: paper, giou, ciou"),
+    ("model.yolov3.image_size=big", r"model.yolov3.image_size: expected int, got 'big'"),
+    ("model.yolov3=5", r"model.yolov3 must be a mapping of model.yolov3.image_size, "),
+    ("model.depth=3", r"unknown key 'model.depth'; valid keys: model.name, .*model.max_detections, " + YOLO_KEYS),
+    # the flat layout of detlab 0.1 says where its keys went
+    ("model.image_size=416", r"model.image_size is now model.yolov3.image_size"),
+    ("data.year=2012", r"data.year is now data.years"),
 ])  # fmt: skip
 def test_bad_overrides_name_the_key_and_the_choices(override, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(f"override {override!r}: ") + message):
         load_config(None, [override])
+
+
+def test_choices_come_from_the_code_that_defines_them(monkeypatch):
+    from detlab.backbones import BACKBONES
+    from detlab.config import DataConfig, TrainConfig
+    from detlab.engine.data import DATASETS
+    from detlab.engine.optim import OPTIMIZERS, SCHEDULES
+    from detlab.engine.runtime import AMP_DTYPES
+    from detlab.heads.yolo import BOX_LOSSES
+    from detlab.models import MODELS
+
+    def choices(cls, name):
+        return cls.__dataclass_fields__[name].metadata["choices"]
+
+    # the very tables, not copies
+    assert choices(ModelConfig, "name") is MODELS and choices(ModelConfig, "backbone") is BACKBONES
+    assert choices(YOLOv3Config, "box_loss") is BOX_LOSSES and choices(DataConfig, "dataset") is DATASETS
+    assert choices(TrainConfig, "optimizer") is OPTIMIZERS and choices(TrainConfig, "schedule") is SCHEDULES
+    assert choices(TrainConfig, "amp") is AMP_DTYPES
+    monkeypatch.setitem(BACKBONES, "resnet152", BACKBONES["resnet101"])
+    assert load_config(None, ["model.backbone=resnet152"]).model.backbone == "resnet152"
+
+
+def test_the_section_of_another_family_is_an_error(tmp_path, monkeypatch):
+    from detlab.models import MODELS, ModelFamily
+
+    monkeypatch.setitem(MODELS, "other", ModelFamily(YOLOv3Config, None, None, ()))
+    with pytest.raises(ConfigError, match=r"model.other is the section of model 'other', but model.name is 'yolov3'"):
+        load_config(None, ["model.other.image_size=64"])
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: other\n")
+    # the name is known from the file before the override's section is checked
+    cfg = load_config(path, ["model.other.image_size=64"])
+    assert cfg.model.name == "other" and cfg.model.other.image_size == 64
+    with pytest.raises(ConfigError, match=rf"override 'model.yolov3.image_size=64': model.yolov3 is the section of "
+                                          rf"model 'yolov3', but model.name is 'other'"):
+        load_config(path, ["model.yolov3.image_size=64"])
+    with pytest.raises(AttributeError, match="model.name is 'other': its section is model.other"):
+        cfg.model.yolov3
 
 
 def test_bad_files(tmp_path):
@@ -48,17 +114,96 @@ def test_bad_files(tmp_path):
     bad.write_text("model:\n  backbone: resnet18\n  depth: 3\n")
     with pytest.raises(ConfigError, match=rf"{bad}: unknown key 'model.depth'; valid keys: model.name"):
         load_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  backbone: resnet18\n train: [\n")
+    with pytest.raises(ConfigError, match=rf"{broken}:3:2: YAML syntax error"):
+        load_config(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- model\n")
+    with pytest.raises(ConfigError, match=rf"{listed}: expected a mapping of sections, got list"):
+        load_config(listed)
 
 
-def test_dict_round_trip():
-    cfg = load_config(None, ["train.epochs=3"])
-    assert config_from_dict(config_to_dict(cfg)) == cfg
+def test_base_chains_merge_key_by_key(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("model:\n  backbone: resnet50\n  yolov3:\n    image_size: 416\n    box_loss: giou\n"
+                                     "train:\n  epochs: 50\n  lr: 0.01\n")
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nmodel:\n  yolov3:\n    image_size: 320\n"
+                                             "train:\n  epochs: 20\n")
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\ntrain:\n  lr: 0.001\n")
+    cfg = load_config(tmp_path / "c.yaml", ["train.batch_size=4"])
+    # each file states only what differs; everything else comes from the chain (base paths relative to the file)
+    assert cfg.model.backbone == "resnet50" and cfg.model.yolov3.box_loss == "giou"
+    assert cfg.model.yolov3.image_size == 320 and cfg.train.epochs == 20 and cfg.train.lr == 0.001
+    assert cfg.train.batch_size == 4 and cfg.model.yolov3.neck_channels == [64, 128, 256]
+    # an error in a base names that file
+    (tmp_path / "a.yaml").write_text("train:\n  epochz: 50\n")
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'sub' / '..' / 'a.yaml'}: unknown key 'train.epochz'"):
+        load_config(tmp_path / "c.yaml")
 
 
-def test_shipped_configs_load():
-    from pathlib import Path
+def test_base_cycles_and_missing_bases_are_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"config files start from each other in a cycle: .*a.yaml -> .*b.yaml -> "
+                                          r".*c.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "self.yaml")
+    (tmp_path / "d.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=rf"nowhere.yaml does not exist \(the base of {tmp_path / 'd.yaml'}\)"):
+        load_config(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="base must be the path of another config file"):
+        load_config(tmp_path / "e.yaml")
 
-    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-    assert len(configs) >= 6
-    for path in configs:
-        load_config(path)
+
+def test_splits_and_years_take_lists_or_a_single_string(tmp_path):
+    path = tmp_path / "voc.yaml"
+    path.write_text("data:\n  years: [2007, 2012]\n  train_splits: trainval\n  val_years: 2007\n"
+                    "  val_splits: [test]\n")
+    data = load_config(path).data
+    assert data.years == ["2007", "2012"] and data.train_splits == ["trainval"]
+    assert data.val_years == ["2007"] and data.val_splits == ["test"]
+    with pytest.raises(ConfigError, match=r"data.train_splits: expected list\[str\], got True"):
+        load_config(None, ["data.train_splits=true"])
+
+
+def test_dict_round_trip_puts_the_section_under_the_family_name():
+    cfg = load_config(None, ["train.epochs=3", "model.yolov3.image_size=96"])
+    data = config_to_dict(cfg)
+    assert data["model"]["yolov3"]["image_size"] == 96 and "section" not in data["model"]
+    assert "image_size" not in data["model"]
+    assert config_from_dict(data) == cfg
+    assert ModelConfig(name="yolov3").section == YOLOv3Config()
+
+
+def test_migration_of_the_flat_layout():
+    flat = {"model": {"name": "yolov3", "image_size": 320, "neck_channels": [8, 16, 32], "box_loss": "paper",
+                      "score_threshold": 0.2},
+            "data": {"year": "2012", "train_split": "train", "val_split": "val"}, "train": {"epochs": 3}}
+    migrated = migrate_flat_layout(flat)
+    assert migrated == {"model": {"name": "yolov3", "score_threshold": 0.2,
+                                  "yolov3": {"image_size": 320, "neck_channels": [8, 16, 32], "box_loss": "paper"}},
+                        "data": {"years": "2012", "train_splits": "train", "val_splits": "val"},
+                        "train": {"epochs": 3}}
+    cfg = config_from_dict(migrated)
+    assert cfg.model.yolov3.image_size == 320 and cfg.data.years == ["2012"] and cfg.data.val_splits == ["val"]
+    assert flat["model"]["image_size"] == 320  # the input is not modified
+    assert set(MOVED_KEYS.values()) <= {f"model.yolov3.{k}" for k in YOLOv3Config.__dataclass_fields__} | {
+        "data.years", "data.train_splits", "data.val_splits"}
+
+
+def test_shipped_configs_load_and_the_variants_inherit():
+    configs = sorted(CONFIGS.glob("*.yaml"))
+    assert len(configs) >= 8
+    loaded = {path.stem: load_config(path) for path in configs}
+    voc, voc0712 = loaded["yolov3_resnet50_voc"], loaded["yolov3_resnet50_voc0712"]
+    assert voc.data.years == ["2007"] and voc.data.train_splits == ["trainval"] and voc.data.val_splits == ["test"]
+    assert voc0712.data.years == ["2007", "2012"] and voc0712.data.val_years == ["2007"]
+    assert voc0712.model == voc.model and voc0712.train.epochs == voc.train.epochs == 50
+    mobile = loaded["yolov3_mobilenet_v3_large_coco"]
+    assert mobile.model.backbone == "mobilenet_v3_large" and mobile.data.dataset == "coco"
+    assert mobile.model.yolov3.image_size == 416 and mobile.train.amp == "bf16" and mobile.train.optimizer == "sgd"

@@ -27,6 +27,8 @@ def main(argv=None) -> int:
                         "(VOC or COCO metric by dataset) instead of --results/--ann")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="--checkpoint: config overrides")
     parser.add_argument("--split", default="val", choices=("val", "train"), help="--checkpoint: which images")
+    parser.add_argument("--device", default="auto", help="--checkpoint: auto (CUDA when visible, else CPU) | cpu | "
+                        "cuda | cuda:N")
     parser.add_argument("--out-dir", default="runs/eval", help="where metrics.json and pr_curves.png go")
     parser.add_argument("--voc", action="store_true", help="VOC AP (11-point and area) instead of COCO stats")
     parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold of --voc (match when IoU > it)")
@@ -51,12 +53,11 @@ def main(argv=None) -> int:
 
 
 def _evaluate_checkpoint(args) -> int:
-    from detlab.config import ConfigError
     from detlab.engine.evaluate import evaluate_checkpoint
 
     try:
-        evaluation = evaluate_checkpoint(args.checkpoint, args.set, args.out_dir, args.split)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+        evaluation = evaluate_checkpoint(args.checkpoint, args.set, args.out_dir, args.split, args.device)
+    except (FileNotFoundError, ValueError) as e:  # ConfigError, CheckpointError, DataError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(evaluation.table)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from detlab.api import Detector, as_image_tensor
-from detlab.engine.logger import draw_boxes, figure
+from detlab.plotting import draw_boxes, figure, save_figure
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--out-dir", default="runs/predict", help="where the drawn images and detections.json go")
     parser.add_argument("--score", type=float, default=0.25, help="keep detections scoring at least this")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
         detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
             fig = figure((8, 8 * image.shape[1] / image.shape[2]))
             draw_boxes(fig.add_axes((0, 0, 1, 1)), image, result["boxes"], result["labels"], detector.class_names,
                        result["scores"])
-            fig.savefig(out / f"{path.stem}_pred.png")
+            save_figure(fig, out / f"{path.stem}_pred.png")
             records.append({"image": str(path), "detections": [
                 {"box": box, "score": score, "label": label, "class_name": name}
                 for box, score, label, name in zip(result["boxes"].tolist(), result["scores"].tolist(),

@@ -1,40 +1,65 @@
 """Train an image classifier by transfer learning; every ClassifyConfig field is an option.
 
     python tools/train_cls.py                                   # ResNet18 on synthetic shapes, no data needed
-    python tools/train_cls.py --dataset folder --data-dir flowers --weights imagenet --strategy feature_extract
+    python tools/train_cls.py --dataset folder --data-dir flowers --weights imagenet --transfer feature_extract
+    python tools/train_cls.py --config my_cls.yaml --set epochs=20 lr=0.01 --amp bf16
+
+Settings come from the defaults, then ``--config`` (YAML, may start from another with ``base:``), then ``--set``,
+then the flags given on the command line (shorthands for ``--set``). ``--strategy``, ``--scheduler`` and
+``--workers`` are the older names of ``--transfer``, ``--schedule`` and ``--num-workers``.
 """
 
 import argparse
-import sys
 import dataclasses
+import sys
 import typing
 
-from detlab.classify import ClassifyConfig, train
+from detlab.classify import ClassifyConfig, load_classify_config, train
+
+# older flag -> field
+ALIASES = {"strategy": "transfer", "scheduler": "schedule", "workers": "num_workers"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of ClassifyConfig fields")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override fields, e.g. epochs=20 transfer=partial:2")
+    hints = typing.get_type_hints(ClassifyConfig)
+    aliases = {field: old for old, field in ALIASES.items()}
+    for field in dataclasses.fields(ClassifyConfig):
+        kind = hints[field.name]
+        options = ["--" + field.name.replace("_", "-")]
+        if field.name in aliases:
+            options.append("--" + aliases[field.name])
+        help_text = f"{field.metadata['help']} (default: {field.default})"
+        # flags not given stay out of the namespace (SUPPRESS), so they do not hide --config / --set
+        if kind is bool:
+            parser.add_argument(*options, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            # `float | None` fields take a float; null is reachable through --set field=null
+            value_type = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+            parser.add_argument(*options, dest=field.name, type=value_type, default=argparse.SUPPRESS,
+                                help=help_text)
+    return parser
 
 
 def parse_args(argv=None) -> ClassifyConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    hints = typing.get_type_hints(ClassifyConfig)
-    for field in dataclasses.fields(ClassifyConfig):
-        kind = hints[field.name]
-        option = "--" + field.name.replace("_", "-")
-        help_text = f"{field.metadata['help']} (default: {field.default})"
-        if kind is bool:
-            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
-        else:
-            # `float | None` fields take a float; None stays reachable as the default only
-            value_type = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            parser.add_argument(option, type=value_type, default=field.default, help=help_text)
-    return ClassifyConfig(**vars(parser.parse_args(argv)))
+    args = vars(build_parser().parse_args(argv))
+    config, overrides = args.pop("config"), args.pop("set")
+    return load_classify_config(config, overrides, values=args)
 
 
-def main(argv=None) -> None:
-    report = train(parse_args(argv))
+def main(argv=None) -> int:
+    try:
+        report = train(parse_args(argv))
+    except (ValueError, FileNotFoundError) as error:  # bad config or data (DataError is a ValueError): one line
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"val accuracy {report['accuracy']:.4f} (best epoch {report['best_epoch']}, {report['train_seconds']} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
-        sys.exit(f"error: {error}")
+    sys.exit(main())

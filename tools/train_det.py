@@ -2,7 +2,7 @@
 
     python tools/train_det.py                                           # synthetic shapes, minutes on a CPU
     python tools/train_det.py --config configs/yolov3_resnet50_voc.yaml --set data.root=/data/voc
-    python tools/train_det.py --set train.epochs=50 model.backbone=resnet18
+    python tools/train_det.py --set train.epochs=50 model.backbone=resnet18 model.yolov3.image_size=160
     python tools/train_det.py --config ... --resume runs/x/last.pt     # continue a run exactly
 """
 
@@ -11,7 +11,7 @@ import sys
 
 from detlab.config import ConfigError, load_config
 from detlab.data import DataError
-from detlab.engine import NonFiniteLossError, train
+from detlab.engine import CheckpointError, NonFiniteLossError, train
 
 
 def main(argv=None) -> int:
@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.set)
         summary = train(cfg, resume=args.resume)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

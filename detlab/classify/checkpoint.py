@@ -1,4 +1,5 @@
-"""Classification checkpoints: self-describing plain dicts, written atomically.
+"""Classification checkpoints: self-describing plain dicts, written with detlab's one atomic writer
+(:func:`detlab.engine.checkpoint.atomic_save`).
 
 A checkpoint holds only dicts, lists, strings, numbers and tensors, so ``torch.load(path, weights_only=True)``
 reads it. Keys: ``format``, ``detlab_version``, ``backbone``, ``classes``, ``weights`` (what the backbone started
@@ -8,7 +9,6 @@ part: this is the base that detection starts from.
 """
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -32,14 +32,6 @@ def make_checkpoint(model: Classifier, classes: list[str], config: dict, **extra
         **extra,
         "model": {key: value.detach().cpu() for key, value in model.state_dict().items()},
     }
-
-
-def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> None:
-    """Write ``checkpoint`` to ``path`` atomically: a crash mid-write never leaves a truncated file behind."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[Classifier, dict]:

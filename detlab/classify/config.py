@@ -1,24 +1,37 @@
-"""The classification experiment: one dataclass, every field a plain value (it is stored in checkpoints)."""
+"""The classification experiment: one flat dataclass, every field a plain value (it is stored in checkpoints).
+
+    config = load_classify_config("my.yaml", ["epochs=5", "transfer=partial:2"])
+
+Settings that detection has too carry the same names and values (``device``, ``amp``, ``threads``, ``optimizer``,
+``schedule``, ``transfer``, ``num_workers``, ...), and the choices come from the code that defines them: the
+datasets of :mod:`detlab.classify.data`, the heads of :mod:`detlab.classify.model`, ``BACKBONES``, and the
+engine's optimizers, schedules and AMP modes.
+"""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-DATASETS = ("synthetic", "folder", "cifar10")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULERS = ("step", "cosine")
-HEADS = ("linear", "mlp")
+from detlab.backbones import BACKBONES
+from detlab.classify.data import DATASETS
+from detlab.classify.model import HEADS
+from detlab.config import check_choices, load_dataclass
+from detlab.engine.optim import OPTIMIZERS, SCHEDULES
+from detlab.engine.runtime import AMP_DTYPES
 
 
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
+def _help(text: str, default, choices=None):
+    metadata = {"help": text} if choices is None else {"help": text, "choices": choices}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class ClassifyConfig:
-    """Everything :func:`detlab.classify.train` needs; ``tools/train_cls.py`` exposes each field as ``--field-name``."""
+    """Everything :func:`detlab.classify.train` needs; ``tools/train_cls.py`` exposes each field as ``--field-name``
+    (and reads them from ``--config`` / ``--set`` too)."""
 
     # data
     dataset: str = _help("synthetic (shapes, generated on the fly) | folder (train/<class>/*, val/<class>/*) "
-                         "| cifar10 (python-format batches)", "synthetic")
+                         "| cifar10 (python-format batches)", "synthetic", DATASETS)
     data_dir: str = _help("root of the folder / cifar10 dataset", "")
     image_size: int = _help("images are resized to image_size x image_size", 64)
     synthetic_train: int = _help("number of synthetic training images", 2500)
@@ -27,39 +40,49 @@ class ClassifyConfig:
     rotation: float = _help("augmentation: max rotation in degrees", 15.0)
     zoom: float = _help("augmentation: scale range 1 +- zoom", 0.1)
     color: float = _help("augmentation: brightness/contrast/saturation jitter", 0.2)
+    num_workers: int = _help("data loader worker processes (0: load in the training process)", 0)
     # model
-    backbone: str = _help("a name in detlab.backbones.BACKBONES", "resnet18")
+    backbone: str = _help("a name in detlab.backbones.BACKBONES", "resnet18", BACKBONES)
     weights: str | None = _help("imagenet | path to a state_dict or detlab checkpoint | none", None)
-    head: str = _help("linear | mlp (Dense(128, relu) then the output layer)", "linear")
+    head: str = _help("linear | mlp (Dense(128, relu) then the output layer)", "linear", HEADS)
     dropout: float = _help("dropout before the output layer", 0.0)
-    strategy: str = _help("feature_extract | partial:N (last N backbone stages train) | full", "full")
+    transfer: str = _help("feature_extract | partial:N (last N backbone stages train) | full", "full")
     freeze_all_bn: bool = _help("freeze every BatchNorm (statistics and affine), for small batches", False)
     # optimisation
     epochs: int = _help("maximum number of epochs", 10)
     batch_size: int = _help("images per step", 32)
-    optimizer: str = _help("adam | sgd (momentum 0.9)", "adam")
+    optimizer: str = _help("adam | adamw | sgd", "adam", OPTIMIZERS)
     lr: float = _help("learning rate of the new layers (the seeds: sgd 0.001 when fine-tuning)", 1e-3)
+    momentum: float = _help("sgd momentum / adam(w) beta1", 0.9)
+    nesterov: bool = _help("sgd: Nesterov momentum", False)
     backbone_lr_mult: float | None = _help("backbone lr = lr * this; default 0.1 if pretrained, else 1", None)
     weight_decay: float = _help("weight decay, not applied to norms and biases", 1e-4)
-    scheduler: str = _help("step (StepLR(step_size, gamma)) | cosine", "step")
-    step_size: int = _help("StepLR step size in epochs", 7)
-    gamma: float = _help("StepLR decay factor", 0.1)
+    schedule: str = _help("step (StepLR(step_size, gamma)) | cosine", "step", SCHEDULES)
+    step_size: int = _help("step: decay the lr every step_size epochs", 7)
+    gamma: float = _help("step: lr decay factor", 0.1)
+    final_lr_fraction: float = _help("cosine: the lr at the end, as a fraction of lr", 0.0)
     warmup_epochs: float = _help("linear lr warmup length in epochs (0: none)", 0.0)
     patience: int = _help("stop after this many epochs without a better val accuracy (0: never)", 5)
-    amp: bool = _help("mixed precision (bfloat16 on CPU, float16 on CUDA)", False)
+    amp: str = _help("mixed precision: off | fp16 | bf16", "off", AMP_DTYPES)
     # run
-    device: str = _help("auto | cpu | cuda | cuda:N", "auto")
-    workers: int = _help("data loader worker processes", 0)
-    threads: int = _help("CPU threads for torch (0: torch's default); 1 is fastest on a busy shared CPU", 0)
+    device: str = _help("auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N", "auto")
+    threads: int | None = _help("CPU threads for torch (unset: torch's default); 1 is fastest on a busy shared CPU",
+                                None)
     seed: int = _help("seed of the data, the init and the shuffling", 0)
     out_dir: str = _help("outputs go to out_dir/name", "runs/cls")
     name: str = _help("run name", "exp")
     progress: bool = _help("show tqdm progress bars", True)
 
     def __post_init__(self):
-        for name, valid in (("dataset", DATASETS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
-                            ("head", HEADS)):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"{name}={getattr(self, name)!r}; valid choices: {', '.join(valid)}")
+        check_choices(self)
+        if self.step_size < 1:
+            raise ValueError(f"step_size={self.step_size}: must be at least 1 (epochs between lr decays)")
         if self.dataset != "synthetic" and not self.data_dir:
             raise ValueError(f"dataset={self.dataset!r} needs data_dir")
+
+
+def load_classify_config(path: str | Path | None = None, overrides: list[str] = (),
+                         values: dict | None = None) -> ClassifyConfig:
+    """The defaults, updated by the YAML file ``path`` (its ``base:`` chain first), by ``overrides``
+    (``"epochs=5"``) and by ``values`` (e.g. the command line's flags); errors name the file or option."""
+    return load_dataclass(ClassifyConfig, path, overrides, values)

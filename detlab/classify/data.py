@@ -14,7 +14,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from detlab.classify.config import ClassifyConfig
 from detlab.data.synthetic import SHAPE_CLASSES, render_shapes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -23,7 +22,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 SYNTHETIC_SHAPE_SIZE = (0.35, 0.9)
 
 
-def build_transform(config: ClassifyConfig, mean, std, train: bool) -> v2.Compose:
+def build_transform(config, mean, std, train: bool) -> v2.Compose:
     """uint8 Tensor[3, H, W] -> float Tensor[3, image_size, image_size] normalised with the backbone's mean/std."""
     ops = [v2.Resize((config.image_size, config.image_size), antialias=True)]
     if train and config.augment:
@@ -36,21 +35,32 @@ def build_transform(config: ClassifyConfig, mean, std, train: bool) -> v2.Compos
     return v2.Compose(ops)
 
 
-def build_datasets(config: ClassifyConfig, mean, std) -> tuple[Dataset, Dataset, list[str]]:
-    """``(train set, val set, class names)`` for ``config.dataset``, normalised with ``mean``/``std``."""
-    train_tf = build_transform(config, mean, std, train=True)
-    val_tf = build_transform(config, mean, std, train=False)
-    if config.dataset == "synthetic":
-        # separate seed streams, so train and val never share an image
-        train = synthetic_shapes(config.synthetic_train, config.image_size, (config.seed, 0), train_tf)
-        val = synthetic_shapes(config.synthetic_val, config.image_size, (config.seed, 1), val_tf)
-    elif config.dataset == "folder":
-        root = Path(config.data_dir)
-        train = ImageFolder(root / "train", train_tf)
-        val = ImageFolder(root / "val", val_tf, classes=train.classes)
-    else:
-        train = load_cifar10(config.data_dir, train=True, transform=train_tf)
-        val = load_cifar10(config.data_dir, train=False, transform=val_tf)
+def _synthetic(config, train_tf, val_tf) -> tuple[Dataset, Dataset]:
+    # separate seed streams, so train and val never share an image
+    return (synthetic_shapes(config.synthetic_train, config.image_size, (config.seed, 0), train_tf),
+            synthetic_shapes(config.synthetic_val, config.image_size, (config.seed, 1), val_tf))
+
+
+def _folder(config, train_tf, val_tf) -> tuple[Dataset, Dataset]:
+    root = Path(config.data_dir)
+    train = ImageFolder(root / "train", train_tf)
+    return train, ImageFolder(root / "val", val_tf, classes=train.classes)
+
+
+def _cifar10(config, train_tf, val_tf) -> tuple[Dataset, Dataset]:
+    return (load_cifar10(config.data_dir, train=True, transform=train_tf),
+            load_cifar10(config.data_dir, train=False, transform=val_tf))
+
+
+#: ``dataset`` -> builder(config, train transform, val transform) -> (train set, val set).
+DATASETS = {"synthetic": _synthetic, "folder": _folder, "cifar10": _cifar10}
+
+
+def build_datasets(config, mean, std) -> tuple[Dataset, Dataset, list[str]]:
+    """``(train set, val set, class names)`` for ``config.dataset`` (a ClassifyConfig), normalised with
+    ``mean``/``std``."""
+    train, val = DATASETS[config.dataset](config, build_transform(config, mean, std, train=True),
+                                          build_transform(config, mean, std, train=False))
     return train, val, list(train.classes)
 
 

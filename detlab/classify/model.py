@@ -9,6 +9,9 @@ from torch.nn import functional as F
 
 from detlab.backbones import Backbone
 
+#: The heads :class:`Classifier` builds (``head``).
+HEADS = ("linear", "mlp")
+
 
 class Classifier(nn.Module):
     """Backbone + new head.
@@ -27,13 +30,13 @@ class Classifier(nn.Module):
             raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
         self.backbone = backbone
         self.num_classes = num_classes
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; valid choices: {', '.join(HEADS)}")
         channels = backbone.out_channels[backbone.levels[-1]]
         layers = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         if head == "mlp":
             layers += [nn.Linear(channels, hidden), nn.ReLU(inplace=True)]
             channels = hidden
-        elif head != "linear":
-            raise ValueError(f"unknown head {head!r}; valid choices: linear, mlp")
         layers += [nn.Dropout(dropout), nn.Linear(channels, 1 if num_classes == 2 else num_classes)]
         self.head = nn.Sequential(*layers)
 

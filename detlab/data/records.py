@@ -228,3 +228,24 @@ class DetectionDataset(Dataset):
     def __repr__(self) -> str:
         boxes = sum(len(r.boxes) for r in self.records)
         return f"{type(self).__name__}({len(self)} images, {boxes} boxes, {len(self.class_names)} classes)"
+
+
+def concat_datasets(datasets: Sequence[DetectionDataset], what: str) -> DetectionDataset:
+    """The images of ``datasets`` (same classes) in order, as one :class:`DetectionDataset` with the first one's
+    transforms and flags, e.g. COCO ``train2014`` + ``valminusminival2014``; a single dataset comes back as is.
+    Different classes, or an image id in two of them, raise :class:`DataError` naming ``what``."""
+    if len(datasets) == 1:
+        return datasets[0]
+    first = datasets[0]
+    for other in datasets[1:]:
+        if other.class_names != first.class_names:
+            raise DataError(f"{what}: the datasets have different classes ({', '.join(first.class_names)} vs "
+                            f"{', '.join(other.class_names)})")
+    records = [record for dataset in datasets for record in dataset.records]
+    counts = Counter(record.image_id for record in records)
+    repeated = [image_id for image_id, count in counts.items() if count > 1]
+    if repeated:
+        raise DataError(f"{what}: image id {repeated[0]} is in more than one of the datasets "
+                        f"({len(repeated)} ids repeated)")
+    return DetectionDataset(records, first.class_names, first.transforms, include_difficult=first.include_difficult,
+                            include_crowd=first.include_crowd)

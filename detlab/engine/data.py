@@ -1,17 +1,20 @@
 """Datasets of a :class:`detlab.config.DataConfig`: training set with augmentation, validation set without.
 
-Validation images stay untransformed: the model letterboxes them itself and returns boxes in their pixels, so
-predictions and targets meet in original image pixels, where the metric is defined.
+The geometry comes from the model family's input pipeline (:mod:`detlab.data.inputs`): the training images start
+with its resize, and scale-jitter crops back to its crop size. Validation images stay untransformed: the model
+prepares them itself and returns boxes in their pixels, so predictions and targets meet in original image pixels,
+where the metric is defined.
 """
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
 
 from detlab.data import COCODetection, SyntheticShapes, VOCDetection
-from detlab.data.transforms import (Compose, Letterbox, PhotometricDistort, RandomCrop, RandomHorizontalFlip,
-                                    RandomScaleJitter)
+from detlab.data.records import concat_datasets
+from detlab.data.transforms import Compose, PhotometricDistort, RandomCrop, RandomHorizontalFlip, RandomScaleJitter
 
 
 @dataclass
@@ -24,13 +27,13 @@ class DetectionData:
     metric: str
 
 
-def train_transforms(cfg, image_size: int) -> Compose:
-    """Letterbox to ``image_size``, then (as configured) zoom in by a factor in ``scale_jitter`` and crop back,
-    flip, and distort colours."""
-    steps = [Letterbox(image_size)]
+def train_transforms(cfg, inputs) -> Compose:
+    """The input pipeline's resize, then (as configured) zoom in by a factor in ``scale_jitter`` and crop back to
+    its crop size, flip, and distort colours."""
+    steps = [inputs.resize()]
     if cfg.scale_jitter is not None:
         low, high = cfg.scale_jitter
-        steps += [RandomScaleJitter(low, high), RandomCrop((image_size, image_size))]
+        steps += [RandomScaleJitter(low, high), RandomCrop(inputs.crop_size)]
     if cfg.flip:
         steps.append(RandomHorizontalFlip())
     if cfg.photometric:
@@ -38,41 +41,53 @@ def train_transforms(cfg, image_size: int) -> Compose:
     return Compose(steps)
 
 
-def build_data(cfg, image_size: int, seed: int = 0) -> DetectionData:
-    """The datasets of ``cfg`` (a DataConfig); a missing folder or file is a clear error naming it."""
-    augment = train_transforms(cfg, image_size)
-    if cfg.dataset == "synthetic":
-        shape = dict(height=cfg.synthetic_size, width=cfg.synthetic_size)
-        train = SyntheticShapes(cfg.synthetic_train, seed=seed, transforms=augment, cache=True, **shape)
-        val = SyntheticShapes(cfg.synthetic_val, seed=seed + 1, **shape)
-        class_names, metric = list(SyntheticShapes.class_names), "voc"
-    elif cfg.dataset == "voc":
-        root = _existing(cfg.root, "data.root (the folder holding VOCdevkit)")
-        # class names from the training annotations, so a VOC-layout dataset of other classes works as is
-        train = VOCDetection(root, cfg.year, cfg.train_split, discover_classes=True, transforms=augment)
-        class_names = list(train.class_names)
-        val = VOCDetection(root, cfg.year, cfg.val_split, classes=class_names)
-        metric = "voc"
-    else:
-        root = _existing(cfg.root, "data.root (the folder holding annotations/)")
-        train = COCODetection(_existing(root / cfg.train_split, "data.train_split images"),
-                              _existing(root / "annotations" / f"instances_{cfg.train_split}.json", "data.train_split"),
-                              transforms=augment, keep_empty=False)
-        val = COCODetection(_existing(root / cfg.val_split, "data.val_split images"),
-                            _existing(root / "annotations" / f"instances_{cfg.val_split}.json", "data.val_split"),
-                            include_crowd=True)
-        class_names, metric = list(train.class_names), "coco"
+def _synthetic(cfg, augment: Compose, seed: int) -> DetectionData:
+    shape = dict(height=cfg.synthetic_size, width=cfg.synthetic_size)
+    train = SyntheticShapes(cfg.synthetic_train, seed=seed, transforms=augment, cache=True, **shape)
+    val = SyntheticShapes(cfg.synthetic_val, seed=seed + 1, **shape)
+    return DetectionData(train, val, list(SyntheticShapes.class_names), "voc")
+
+
+def _voc(cfg, augment: Compose, seed: int) -> DetectionData:
+    root = _existing(cfg.root, "data.root (the folder holding VOCdevkit)")
+    # class names from the training annotations, so a VOC-layout dataset of other classes works as is
+    train = VOCDetection(root, cfg.years, cfg.train_splits, discover_classes=True, transforms=augment)
+    class_names = list(train.class_names)
+    val = VOCDetection(root, cfg.val_years or cfg.years, cfg.val_splits, classes=class_names)
+    return DetectionData(train, val, class_names, "voc")
+
+
+def _coco(cfg, augment: Compose, seed: int) -> DetectionData:
+    root = _existing(cfg.root, "data.root (the folder holding annotations/)")
+
+    def split(name: str, key: str, **options) -> COCODetection:
+        return COCODetection(_existing(root / name, f"{key} images"),
+                             _existing(root / "annotations" / f"instances_{name}.json", key), **options)
+
+    train = concat_datasets([split(name, "data.train_splits", transforms=augment, keep_empty=False)
+                             for name in cfg.train_splits], "data.train_splits")
+    val = concat_datasets([split(name, "data.val_splits", include_crowd=True) for name in cfg.val_splits],
+                          "data.val_splits")
+    return DetectionData(train, val, list(train.class_names), "coco")
+
+
+#: ``data.dataset`` -> builder(data config, training transforms, seed).
+DATASETS = {"synthetic": _synthetic, "voc": _voc, "coco": _coco}
+
+
+def build_data(cfg, inputs, seed: int = 0) -> DetectionData:
+    """The datasets of ``cfg`` (a DataConfig) shaped by ``inputs`` (the model's input pipeline); a missing folder or
+    file is a clear error naming it."""
+    data = DATASETS[cfg.dataset](cfg, train_transforms(cfg, inputs), seed)
     if cfg.max_train_images is not None:
-        train = Subset(train, range(min(cfg.max_train_images, len(train))))
+        data.train = Subset(data.train, range(min(cfg.max_train_images, len(data.train))))
     if cfg.val_on_train:
-        val = untransformed(train)
-    return DetectionData(train, val, class_names, metric)
+        data.val = untransformed(data.train)
+    return data
 
 
 def untransformed(train: Dataset) -> Dataset:
     """The training images without augmentation (a shallow copy whose ``transforms`` is None)."""
-    import copy
-
     base, indices = (train.dataset, train.indices) if isinstance(train, Subset) else (train, None)
     base = copy.copy(base)
     base.transforms = None

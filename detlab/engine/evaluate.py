@@ -11,8 +11,12 @@ import torch
 from tqdm import tqdm
 
 from detlab.data import make_loader
+from detlab.engine.checkpoint import load_detector
+from detlab.engine.data import build_data, untransformed
+from detlab.engine.runtime import resolve_device
 from detlab.eval import evaluate_coco_predictions, evaluate_voc, format_coco, format_voc
 from detlab.eval.report import plot_pr_curves, pr_curves, write_json
+from detlab.models import input_pipeline
 
 
 @dataclass
@@ -56,21 +60,17 @@ def evaluate_model(model, dataset, class_names: list[str], metric: str, batch_si
 
 
 def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None,
-                        split: str = "val", device: str = "cpu") -> Evaluation:
-    """Evaluate a training checkpoint on its own config's dataset (``overrides`` change the config, e.g.
-    ``data.root=...`` or ``model.score_threshold=0.05``); ``split`` is ``"val"`` or ``"train"``. Writes
-    metrics.json and pr_curves.png into ``out_dir`` when given."""
-    from detlab.api import Detector  # the API owns checkpoint -> model
-    from detlab.config import config_from_dict
-    from detlab.engine.data import build_data, untransformed
-
-    detector = Detector.from_checkpoint(checkpoint, device=device, overrides=overrides)
-    cfg = config_from_dict(detector.config)
-    data = build_data(cfg.data, cfg.model.image_size, cfg.train.seed)
+                        split: str = "val", device: str = "auto") -> Evaluation:
+    """Evaluate a checkpoint on its own config's dataset (``overrides`` change the config, e.g. ``data.root=...``
+    or ``model.score_threshold=0.05``); ``split`` is ``"val"`` or ``"train"``. Writes metrics.json and
+    pr_curves.png into ``out_dir`` when given."""
     if split not in ("val", "train"):
         raise ValueError(f"split: {split!r} is not valid; valid choices: val, train")
+    loaded = load_detector(checkpoint, overrides)
+    cfg, device = loaded.config, resolve_device(device)
+    data = build_data(cfg.data, input_pipeline(cfg.model), cfg.train.seed)
     dataset = data.val if split == "val" else untransformed(data.train)
-    evaluation = evaluate_model(detector.model, dataset, detector.class_names, data.metric, device=device)
+    evaluation = evaluate_model(loaded.model.to(device), dataset, loaded.class_names, data.metric, device=device)
     if out_dir is not None:
         write_report(evaluation, out_dir, title=Path(checkpoint).name)
     return evaluation

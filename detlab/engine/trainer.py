@@ -4,7 +4,9 @@
 
 It knows a model only through torchvision's detection contract (``model(images, targets) -> dict of losses`` in
 train mode, ``model(images) -> [{"boxes", "scores", "labels"}]`` in eval mode) and builds it with
-:func:`detlab.models.build_model`. Per run folder (``train.out_dir``): ``last.pt`` and ``best.pt`` (see
+:func:`detlab.models.build_model`; its training images are shaped by the family's input pipeline
+(:func:`detlab.models.input_pipeline`). Per run folder (``train.out_dir``): ``last.pt`` (the training checkpoint,
+for ``--resume``) and ``best.pt`` (the inference checkpoint of the best evaluation; see
 :mod:`detlab.engine.checkpoint`), ``log.jsonl`` and ``tensorboard/``, ``train_batch0.png``,
 ``loss.png``, ``map.png``, ``metrics.json`` and ``pr_curves.png`` of the last evaluation.
 
@@ -19,51 +21,21 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from detlab.config import Config, config_to_dict
+from detlab.config import Config, config_from_dict, config_to_dict
 from detlab.data import make_loader
-from detlab.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from detlab.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from detlab.engine.data import build_data
 from detlab.engine.ema import ModelEMA
 from detlab.engine.evaluate import evaluate_model, write_report
 from detlab.engine.logger import RunLogger, draw_batch, plot_curves
-from detlab.models import build_model
-from detlab.transfer import apply_strategy, param_groups, resolve_backbone_lr_mult
-
-AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+from detlab.engine.optim import build_optimizer, lr_schedule
+from detlab.engine.runtime import autocast, grad_scaler, resolve_device, set_threads
+from detlab.models import architecture_differences, build_model, input_pipeline
+from detlab.transfer import apply_strategy
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without touching its checkpoints."""
-
-
-def build_optimizer(model: torch.nn.Module, cfg, pretrained: bool = False) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW over :func:`detlab.transfer.param_groups`: no decay on norms and biases, the
-    backbone's LR times ``cfg.backbone_lr_mult`` (see :func:`detlab.transfer.resolve_backbone_lr_mult`)."""
-    lr_mult = resolve_backbone_lr_mult(cfg.backbone_lr_mult, pretrained)
-    groups = param_groups(model, cfg.lr, cfg.weight_decay, lr_mult)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    # AdamW's fused (single-kernel) update exists for CPU and CUDA since torch 2.4; the per-tensor one costs ~15%
-    # of a CPU training step
-    fused = all(p.device.type in ("cpu", "cuda") for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), fused=fused)
-
-
-def lr_factor(cfg, iterations_per_epoch: int, epochs: int | None = None):
-    """Iteration -> LR multiplier: linear warmup from 1% over ``warmup_epochs``, then cosine down to 1% or
-    steps of ``gamma`` at the ``milestones`` (fractions of the run of ``epochs``, default ``cfg.epochs``)."""
-    total = (epochs or cfg.epochs) * iterations_per_epoch
-    warmup = cfg.warmup_epochs * iterations_per_epoch
-
-    def factor(iteration: int) -> float:
-        if iteration < warmup:
-            return 0.01 + 0.99 * iteration / warmup
-        if cfg.schedule == "cosine":
-            progress = (iteration - warmup) / max(total - warmup, 1)
-            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return cfg.gamma ** sum(iteration >= m * total for m in cfg.milestones)
-
-    return factor
 
 
 class Trainer:
@@ -72,21 +44,22 @@ class Trainer:
     def __init__(self, cfg: Config, print_fn=print):
         self.cfg, self.print = cfg, print_fn
         t = cfg.train
-        if t.threads is not None:
-            torch.set_num_threads(t.threads)
-        self.device = torch.device(t.device)
+        set_threads(t.threads)
+        self.device = resolve_device(t.device)
         torch.manual_seed(t.seed)
-        self.data = build_data(cfg.data, cfg.model.image_size, t.seed)
+        self.inputs = input_pipeline(cfg.model)  # the model family says how its images are shaped
+        self.data = build_data(cfg.data, self.inputs, t.seed)
         self.model = build_model(cfg.model, len(self.data.class_names))
         apply_strategy(self.model, t.transfer)
         self.model.to(self.device)
-        self.optimizer = build_optimizer(self.model, t, pretrained=cfg.model.weights is not None)
+        self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov,
+                                         t.backbone_lr_mult, pretrained=cfg.model.weights is not None)
         # one partial batch at most per epoch; a dataset smaller than a batch is still one batch
         self.drop_last = len(self.data.train) > t.batch_size
         n = len(self.data.train)
         self.iterations_per_epoch = n // t.batch_size if self.drop_last else 1
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t, self.iterations_per_epoch))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor(t.epochs))
+        self.scaler = grad_scaler(self.device, t.amp)
         self.ema = ModelEMA(self.model, t.ema_decay, t.ema_tau) if t.ema else None
         self.out = Path(t.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +70,9 @@ class Trainer:
     # ---- checkpoints
 
     def state(self) -> dict:
+        """The training checkpoint (``last.pt``): everything :meth:`resume` needs."""
         return {
+            "kind": "training",
             "config": config_to_dict(self.cfg),
             "class_names": list(self.data.class_names),
             "model": self.model.state_dict(),
@@ -114,14 +89,31 @@ class Trainer:
             "train_seconds": self.train_seconds,
         }
 
+    def inference_state(self) -> dict:
+        """The inference checkpoint (``best.pt``): the weights evaluation used, config, class names; no optimizer."""
+        model = self.ema.module if self.ema else self.model
+        return {
+            "kind": "inference",
+            "config": config_to_dict(self.cfg),
+            "class_names": list(self.data.class_names),
+            "model": model.state_dict(),
+            "epoch": self.epoch,
+            "metric": self.best_metric,
+        }
+
     def resume(self, path: str | Path) -> None:
-        """Continue from checkpoint ``path`` (written by a run of the same model and classes)."""
+        """Continue from the training checkpoint ``path`` (written by a run of the same architecture and classes)."""
         state = load_checkpoint(path)
-        theirs, ours = state["config"]["model"], config_to_dict(self.cfg)["model"]
-        differ = [k for k in ("name", "backbone", "image_size", "neck_channels", "anchors") if theirs[k] != ours[k]]
+        if state["kind"] != "training":
+            raise CheckpointError(f"cannot resume from {path}: it is an inference checkpoint (weights only, as best.pt "
+                             f"is); resume from the run's last.pt")
+        theirs = config_from_dict(state["config"], source=f"checkpoint {path}")
+        differ = architecture_differences(theirs.model, self.cfg.model)
         if differ or state["class_names"] != list(self.data.class_names):
-            what = ", ".join(f"model.{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in differ) or "class names"
-            raise ValueError(f"cannot resume from {path}: it is another model ({what})")
+            what = ", ".join(f"{key}: {a!r} there, {b!r} here" for key, a, b in differ) or \
+                f"class names: {state['class_names']} there, {list(self.data.class_names)} here"
+            raise CheckpointError(f"cannot resume from {path}: it is another model ({what}); start a new run in another "
+                             f"train.out_dir instead")
         self.model.load_state_dict(state["model"])
         if self.ema and state["ema"]:
             self.ema.load_state_dict(state["ema"])
@@ -158,7 +150,7 @@ class Trainer:
                     record.update(mAP50=evaluation.ap50, metric=evaluation.headline)
                     if evaluation.headline > self.best_metric:
                         self.best_metric, self.best_epoch = evaluation.headline, self.epoch
-                        save_checkpoint(self.state(), self.out / "best.pt")
+                        save_checkpoint(self.inference_state(), self.out / "best.pt")
                 self.history.append(record)
                 logger.log(record)
                 self.train_seconds += time.perf_counter() - epoch_start
@@ -191,14 +183,21 @@ class Trainer:
     def plan(self, epochs: int) -> None:
         """Train ``epochs`` epochs in all, the LR schedule ending with the last of them."""
         self.planned_epochs = epochs
-        factor = lr_factor(self.cfg.train, self.iterations_per_epoch, epochs)
-        self.scheduler.lr_lambdas = [factor] * len(self.optimizer.param_groups)
+        self.scheduler.lr_lambdas = [self.lr_factor(epochs)] * len(self.optimizer.param_groups)
+
+    def lr_factor(self, epochs: int):
+        """Iteration -> LR multiplier of a run of ``epochs`` epochs (warmup, then cosine or the step milestones,
+        which are fractions of the run)."""
+        t = self.cfg.train
+        return lr_schedule(t.schedule, self.iterations_per_epoch, epochs, t.warmup_epochs, t.final_lr_fraction,
+                           [m * epochs for m in t.milestones], t.gamma)
 
     def train_one_epoch(self) -> dict:
         t = self.cfg.train
         torch.manual_seed(t.seed + self.epoch)
         loader = make_loader(self.data.train, t.batch_size, shuffle=True, num_workers=self.cfg.data.num_workers,
-                             seed=t.seed + self.epoch, drop_last=self.drop_last)
+                             seed=t.seed + self.epoch, drop_last=self.drop_last,
+                             group_by_aspect=self.inputs.group_by_aspect)
         self.model.train()
         sums, count, start = {}, 0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.planned_epochs}", leave=False, dynamic_ncols=True)
@@ -219,7 +218,7 @@ class Trainer:
         """One optimizer step; returns the loss parts and their sum ``"loss"`` as floats."""
         t = self.cfg.train
         images = [image.to(self.device, non_blocking=True) for image in images]
-        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(t.amp), enabled=t.amp != "off"):
+        with autocast(self.device, t.amp):
             losses = self.model(images, targets)
         loss = sum(losses.values())
         # One host sync per step: the loss parts as floats, also used for the finiteness check.

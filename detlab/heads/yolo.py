@@ -24,33 +24,58 @@ import torch.nn.functional as F
 from torch import nn
 
 from detlab.boxes import aligned_iou, wh_iou
-from detlab.necks.fpn import ConvBNAct
+from detlab.layers import ConvBNAct
 
+#: The box losses :class:`YOLOLoss` knows (``model.yolov3.box_loss``).
 BOX_LOSSES = ("paper", "giou", "ciou")
+#: Anchors per level: the paper's three, anchors ``3i..3i+2`` belonging to level ``i``.
 ANCHORS_PER_LEVEL = 3
-# exp(t_wh) is clamped so that a wild early prediction cannot overflow (a box 1000x its anchor is never right)
+#: exp(t_wh) is clamped at this log-scale so that a wild early prediction cannot overflow (a box 1000x its anchor
+#: is never right).
 MAX_LOG_SCALE = math.log(1000.0)
+#: Initial objectness: as if this many objects were in an image on every level (probability OBJECTS / cells, as
+#: YOLOv5 / RetinaNet start), instead of 0.5: the first steps then do not spend themselves pushing down thousands of
+#: background cells.
+PRIOR_OBJECTS_PER_IMAGE = 8
+#: Initial class probability, spread over the classes: ``CLASS_PRIOR / (C - 0.99)`` each (YOLOv5's choice).
+CLASS_PRIOR = 0.6
+#: Default of ``model.yolov3.pre_nms_top_k``: the most (box, class) candidates per image that enter NMS.
+PRE_NMS_TOP_K = 2000
 
 
 class YOLOHead(nn.Module):
-    """Per level: 3x3 ConvBNAct (c -> 2c) then a 1x1 Conv2d to ``anchors x (5 + num_classes)``.
+    """Per level: 3x3 ConvBNAct (c -> 2c) then a 1x1 Conv2d to ``anchors x (5 + num_classes)``; it also holds
+    what its outputs mean (anchors, strides, centre decoding), which the loss and the postprocess read from it.
+
+    Args:
+        channels: input channels per level, finest first.
+        num_classes: C.
+        strides: stride of each level.
+        anchors (Tensor[3L, 2]): (w, h) in input pixels, smallest first, three per level.
+        image_size: side of the square input (only for the objectness prior of the initial biases).
+        neighbour_cells: decode centres as a model trained with neighbouring cells assigned (:func:`centre_offset`).
 
     ``forward(features)``: list of Tensor[B, channels[i], H_i, W_i] -> list of Tensor[B, A, H_i, W_i, 5 + C]
     (raw logits, A = 3 anchors).
     """
 
-    def __init__(self, channels: list[int], num_classes: int, strides: list[int], image_size: int):
+    def __init__(self, channels: list[int], num_classes: int, strides: list[int], anchors: torch.Tensor,
+                 image_size: int, neighbour_cells: bool = False):
         super().__init__()
-        self.num_classes = num_classes
+        if len(anchors) != ANCHORS_PER_LEVEL * len(channels):
+            raise ValueError(f"anchors: {len(channels)} levels need {ANCHORS_PER_LEVEL * len(channels)} anchors "
+                             f"({ANCHORS_PER_LEVEL} per level), got {len(anchors)}")
+        self.num_classes, self.strides, self.neighbour_cells = num_classes, list(strides), neighbour_cells
+        self.image_size = image_size
+        anchors = torch.as_tensor(anchors, dtype=torch.float32)
+        self.register_buffer("anchors", anchors[anchors.prod(1).argsort()], persistent=False)
         outputs = ANCHORS_PER_LEVEL * (5 + num_classes)
         self.convs = nn.ModuleList(ConvBNAct(c, 2 * c, 3) for c in channels)
         self.predictors = nn.ModuleList(nn.Conv2d(2 * c, outputs, 1) for c in channels)
         for predictor, stride in zip(self.predictors, strides):
             bias = predictor.bias.detach().view(ANCHORS_PER_LEVEL, 5 + num_classes)
-            # start from low prior probabilities (as YOLOv5/RetinaNet) instead of 0.5: the first steps then do
-            # not spend themselves pushing down thousands of background cells
-            bias[:, 4] = math.log(8 / (image_size / stride) ** 2)
-            bias[:, 5:] = math.log(0.6 / max(num_classes - 0.99, 1.0))
+            bias[:, 4] = math.log(PRIOR_OBJECTS_PER_IMAGE / (image_size / stride) ** 2)
+            bias[:, 5:] = math.log(CLASS_PRIOR / max(num_classes - 0.99, 1.0))
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = []
@@ -59,6 +84,14 @@ class YOLOHead(nn.Module):
             b, _, h, w = p.shape
             outputs.append(p.view(b, ANCHORS_PER_LEVEL, 5 + self.num_classes, h, w).permute(0, 1, 3, 4, 2))
         return outputs
+
+    def level_anchors(self, level: int) -> torch.Tensor:
+        """Tensor[3, 2]: the anchors of ``level``."""
+        return self.anchors[level * ANCHORS_PER_LEVEL : (level + 1) * ANCHORS_PER_LEVEL]
+
+    def decode(self, output: torch.Tensor, level: int) -> torch.Tensor:
+        """One level's raw output (Tensor[B, A, H, W, 5 + C]) -> boxes (Tensor[B, A, H, W, 4]) xyxy input pixels."""
+        return decode_boxes(output, self.level_anchors(level), self.strides[level], self.neighbour_cells)
 
 
 def centre_offset(t_xy: torch.Tensor, neighbour_cells: bool = False) -> torch.Tensor:
@@ -173,26 +206,26 @@ class YOLOLoss(nn.Module):
       sigmoid(t_xy) against the centre's offset in its cell + squared error of t_wh against log(size / anchor);
       ``"giou"`` / ``"ciou"``: 1 - GIoU / CIoU of the decoded box.
 
-    ``forward(outputs, targets, anchors, strides, image_size)`` -> ``{"loss_box", "loss_obj", "loss_cls"}``.
+    ``forward(outputs, targets, head)`` -> ``{"loss_box", "loss_obj", "loss_cls"}``: ``outputs`` of ``head``
+    (a :class:`YOLOHead`, whose anchors, strides and centre decoding the assignment follows), ``targets`` per image
+    with boxes (Tensor[N, 4] xyxy input pixels) and labels (Tensor[N]).
     """
 
     def __init__(self, box_loss: str = "paper", ignore_threshold: float = 0.5,
-                 multi_anchor_threshold: float | None = None, neighbour_cells: bool = False):
+                 multi_anchor_threshold: float | None = None):
         super().__init__()
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"unknown box_loss {box_loss!r}; valid choices: {', '.join(BOX_LOSSES)}")
         self.box_loss, self.ignore_threshold = box_loss, ignore_threshold
-        self.multi_anchor_threshold, self.neighbour_cells = multi_anchor_threshold, neighbour_cells
+        self.multi_anchor_threshold = multi_anchor_threshold
 
-    def forward(self, outputs: list[torch.Tensor], targets: list[dict], anchors: torch.Tensor, strides: list[int],
-                image_size: int) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: list[torch.Tensor], targets: list[dict], head: YOLOHead) -> dict[str, torch.Tensor]:
         outputs = [o.float() for o in outputs]  # losses in float32 under autocast
-        assigned = assign_targets(targets, anchors, strides, [o.shape[2:4] for o in outputs],
-                                  self.multi_anchor_threshold, self.neighbour_cells)
+        assigned = assign_targets(targets, head.anchors, head.strides, [o.shape[2:4] for o in outputs],
+                                  self.multi_anchor_threshold, head.neighbour_cells)
         losses = dict.fromkeys(("loss_box", "loss_obj", "loss_cls"), outputs[0].new_zeros(()))
-        for level, (output, pos, stride) in enumerate(zip(outputs, assigned, strides)):
-            level_anchors = anchors[level * ANCHORS_PER_LEVEL : (level + 1) * ANCHORS_PER_LEVEL]
-            pred_boxes = decode_boxes(output, level_anchors, stride, self.neighbour_cells)
+        for level, (output, pos) in enumerate(zip(outputs, assigned)):
+            pred_boxes = head.decode(output, level)
             index = (pos.batch, pos.anchor, pos.gy, pos.gx)
             with torch.no_grad():
                 counted = ~ignore_mask(pred_boxes.detach(), targets, self.ignore_threshold)
@@ -208,34 +241,35 @@ class YOLOLoss(nn.Module):
             losses["loss_cls"] = losses["loss_cls"] + F.binary_cross_entropy_with_logits(
                 picked[:, 5:], cls_target, reduction="sum")
             wh = pos.boxes[:, 2:] - pos.boxes[:, :2]
-            weight = 2.0 - wh.prod(-1) / image_size**2
-            box = self._box_loss(picked, pred_boxes[index], pos, level_anchors[pos.anchor], wh, stride)
+            weight = 2.0 - wh.prod(-1) / head.image_size**2
+            box = self._box_loss(picked, pred_boxes[index], pos, head.level_anchors(level)[pos.anchor], wh,
+                                 head.strides[level], head.neighbour_cells)
             losses["loss_box"] = losses["loss_box"] + (box * weight).sum()
         return {name: value / len(targets) for name, value in losses.items()}
 
-    def _box_loss(self, picked, pred_boxes, pos: LevelTargets, anchors, wh, stride) -> torch.Tensor:
+    def _box_loss(self, picked, pred_boxes, pos: LevelTargets, anchors, wh, stride,
+                  neighbour_cells: bool) -> torch.Tensor:
         """Per positive box loss, Tensor[P]."""
         if self.box_loss != "paper":
             return 1.0 - aligned_iou(pred_boxes, pos.boxes, self.box_loss)
         centre = (pos.boxes[:, :2] + pos.boxes[:, 2:]) / 2
         cell = torch.stack([pos.gx, pos.gy], dim=1).to(centre)
         offset = centre / stride - cell  # what centre_offset must output
-        target = (offset + 0.5) / 2 if self.neighbour_cells else offset  # ... as a sigmoid
+        target = (offset + 0.5) / 2 if neighbour_cells else offset  # ... as a sigmoid
         xy = F.binary_cross_entropy_with_logits(picked[:, :2], target.clamp(0, 1), reduction="none")
         log_wh = torch.log(wh.clamp(min=1e-3) / anchors)
         return xy.sum(-1) + (picked[:, 2:4] - log_wh).pow(2).sum(-1)
 
 
-def postprocess(outputs: list[torch.Tensor], anchors: torch.Tensor, strides: list[int], score_threshold: float,
-                nms_threshold: float, max_detections: int, multi_label: bool = True,
-                pre_nms_top_k: int = 2000, neighbour_cells: bool = False) -> list[dict]:
-    """Detections per image in input pixels.
+def postprocess(outputs: list[torch.Tensor], head: YOLOHead, score_threshold: float, nms_threshold: float,
+                max_detections: int, multi_label: bool = True, pre_nms_top_k: int = PRE_NMS_TOP_K) -> list[dict]:
+    """Detections per image in input pixels, from the raw ``outputs`` of ``head`` (decoded as it says).
 
     Each (box, class) pair scores ``sigmoid(objectness) * sigmoid(class)``. ``multi_label``: every pair may be a
     detection (a box may appear under several classes); else only each box's best class (fewer duplicates of
     one object under a look-alike class, which per-class NMS cannot remove). Pairs above ``score_threshold``, at
-    most ``pre_nms_top_k`` per image, go through per-class NMS (:func:`detlab.ops.batched_nms`) and the best
-    ``max_detections`` remain. ``neighbour_cells``: decode as a model trained with them (:func:`centre_offset`).
+    most ``pre_nms_top_k`` per image (the best), go through per-class NMS (:func:`detlab.ops.batched_nms`) and the
+    best ``max_detections`` remain.
 
     Returns:
         per image ``{"boxes": Tensor[K, 4], "scores": Tensor[K], "labels": Tensor[K]}``, scores descending.
@@ -243,10 +277,9 @@ def postprocess(outputs: list[torch.Tensor], anchors: torch.Tensor, strides: lis
     from detlab.ops import batched_nms  # imported here: building the native ops is only needed to predict
 
     boxes, scores = [], []
-    for level, (output, stride) in enumerate(zip(outputs, strides)):
+    for level, output in enumerate(outputs):
         output = output.float()
-        level_anchors = anchors[level * ANCHORS_PER_LEVEL : (level + 1) * ANCHORS_PER_LEVEL]
-        boxes.append(decode_boxes(output, level_anchors, stride, neighbour_cells).flatten(1, 3))
+        boxes.append(head.decode(output, level).flatten(1, 3))
         scores.append((output[..., 4:5].sigmoid() * output[..., 5:].sigmoid()).flatten(1, 3))
     boxes, scores = torch.cat(boxes, 1), torch.cat(scores, 1)  # [B, N, 4], [B, N, C]
     results = []

@@ -1,16 +1,84 @@
-"""Detector assemblies. ``build_model(cfg, num_classes)`` builds the detector named by ``cfg.name``."""
+"""Detector families and the one table that names them.
 
-from detlab.models.yolov3 import COCO_ANCHORS_416, YOLOv3, build_yolov3, default_anchors
+A family is what a user picks with ``model.name``. It brings, in its own file: its config section (a dataclass,
+``model.<name>.*`` in YAML and ``--set``), its build function, the input pipeline its config asks for (see
+:mod:`detlab.data.inputs`), and which of its section's keys define the architecture. The engine, the tools and
+``Detector`` ask the family through the functions below; none of them tests ``model.name``.
 
-# config name -> builder(model config, num_classes)
-MODELS = {"yolov3": build_yolov3}
+Every model follows torchvision's detection contract: ``model(images, targets) -> dict of losses`` in train mode,
+``model(images) -> [{"boxes": Tensor[K, 4] xyxy original pixels, "scores": Tensor[K], "labels": Tensor[K]}]`` in
+eval mode, labels 0..C-1.
+
+Adding a family = a model file (+ its heads / necks), a line in :data:`MODELS`, configs and tests.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from detlab.models import yolov3
 
 
-def build_model(cfg, num_classes: int):
-    """The detector of a :class:`detlab.config.ModelConfig`."""
-    if cfg.name not in MODELS:
-        raise ValueError(f"model.name: unknown model {cfg.name!r}; valid choices: {', '.join(MODELS)}")
-    return MODELS[cfg.name](cfg, num_classes)
+@dataclass(frozen=True)
+class ModelFamily:
+    """What detlab knows of a detector family.
+
+    Attributes:
+        config: the dataclass of its ``model.<name>`` section.
+        build: ``build(model_config, num_classes) -> nn.Module`` (``model_config`` a :class:`detlab.config.ModelConfig`).
+        inputs: ``inputs(model_config)`` -> its input pipeline (:mod:`detlab.data.inputs`).
+        architecture_keys: the section's keys that define the architecture, compared by ``--resume`` and by
+            checkpoint loading (besides the shared ``model.name`` and ``model.backbone``).
+    """
+
+    config: type
+    build: Callable[..., nn.Module]
+    inputs: Callable
+    architecture_keys: tuple[str, ...]
 
 
-__all__ = ["COCO_ANCHORS_416", "MODELS", "YOLOv3", "build_model", "build_yolov3", "default_anchors"]
+# model.name -> family
+MODELS = {
+    "yolov3": ModelFamily(yolov3.YOLOv3Config, yolov3.build_yolov3, yolov3.yolov3_inputs, yolov3.ARCHITECTURE_KEYS),
+}
+
+#: Shared ``model.*`` keys that define the architecture of every family.
+SHARED_ARCHITECTURE_KEYS = ("name", "backbone")
+
+
+def model_family(name: str) -> ModelFamily:
+    """The family ``model.name`` names; an unknown name is an error listing the valid ones."""
+    if name not in MODELS:
+        raise ValueError(f"model.name: unknown model {name!r}; valid choices: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(cfg, num_classes: int) -> nn.Module:
+    """The detector of a :class:`detlab.config.ModelConfig` with ``num_classes`` classes (labels 0..C-1)."""
+    return model_family(cfg.name).build(cfg, num_classes)
+
+
+def input_pipeline(cfg):
+    """How the family of ``cfg`` (a ModelConfig) wants its training images (:mod:`detlab.data.inputs`)."""
+    return model_family(cfg.name).inputs(cfg)
+
+
+def architecture(cfg) -> dict:
+    """``{dotted key: value}`` of the settings of ``cfg`` (a ModelConfig) that define the architecture, e.g.
+    ``{"model.name": "yolov3", "model.backbone": "resnet18", "model.yolov3.image_size": 128, ...}``."""
+    keys = {f"model.{key}": getattr(cfg, key) for key in SHARED_ARCHITECTURE_KEYS}
+    section = cfg.section
+    keys.update({f"model.{cfg.name}.{key}": getattr(section, key) for key in model_family(cfg.name).architecture_keys})
+    return keys
+
+
+def architecture_differences(theirs, ours) -> list[tuple[str, object, object]]:
+    """``(dotted key, their value, our value)`` for every architecture setting where two ModelConfigs differ (a
+    key only one family has counts as a difference, its value None on the other side)."""
+    a, b = architecture(theirs), architecture(ours)
+    return [(key, a.get(key), b.get(key)) for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
+
+
+__all__ = ["MODELS", "ModelFamily", "SHARED_ARCHITECTURE_KEYS", "architecture", "architecture_differences",
+           "build_model", "input_pipeline", "model_family"]

@@ -4,19 +4,45 @@ torchvision's detection contract: ``model(images, targets) -> {"loss_box", "loss
 ``model(images) -> [{"boxes", "scores", "labels"}]`` in eval mode. ``images`` are a list of Tensor[3, H_i, W_i]
 (uint8, or float in [0, 1]) of any sizes, or one Tensor[B, 3, H, W]; the model letterboxes each to
 ``image_size x image_size`` and normalises it itself, and returns boxes in the pixels of the images it was given.
+
+The family's pieces for :data:`detlab.models.MODELS`: :class:`YOLOv3Config` (the ``model.yolov3`` section),
+:func:`build_yolov3`, :func:`yolov3_inputs` (square letterbox) and :data:`ARCHITECTURE_KEYS`.
 """
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from detlab.backbones import build_backbone
+from detlab.data.inputs import SquareLetterbox
 from detlab.data.transforms import Letterbox, to_original_boxes
-from detlab.heads.yolo import YOLOHead, YOLOLoss, postprocess
+from detlab.heads.yolo import BOX_LOSSES, PRE_NMS_TOP_K, YOLOHead, YOLOLoss, postprocess
 from detlab.necks import YOLOv3Neck
 
 #: The paper's nine COCO anchors (w, h) for a 416 x 416 input, smallest first.
 COCO_ANCHORS_416 = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326))
 LEVELS = ("c3", "c4", "c5")
+
+
+@dataclass
+class YOLOv3Config:
+    """The ``model.yolov3`` section. Defaults: the synthetic-shapes experiment of ``python tools/train_det.py``."""
+
+    image_size: int = 128  # side of the square letterboxed input
+    neck_channels: list[int] = field(default_factory=lambda: [64, 128, 256])  # per level, stride 8 first (paper: 128, 256, 512)
+    anchors: list[list[float]] | None = None  # nine (w, h) in input pixels; None: the paper's, scaled from 416
+    box_loss: str = field(default="ciou", metadata={"choices": BOX_LOSSES})
+    ignore_threshold: float = 0.5
+    multi_anchor_threshold: float | None = 0.25  # also assign every anchor with shape IoU above it (None: paper)
+    neighbour_cells: bool = True  # also assign the 2 adjacent cells nearest each centre (YOLOv5); false: the paper
+    multi_label: bool = True  # inference: a box under every class above the threshold, or only its best one
+    pre_nms_top_k: int = PRE_NMS_TOP_K  # inference: the most (box, class) candidates per image entering NMS
+
+
+#: The ``model.yolov3`` keys that define the architecture (what the weights mean): ``--resume`` and checkpoint
+#: loading refuse to change them. ``image_size`` is one because the default anchors are scaled from it.
+ARCHITECTURE_KEYS = ("image_size", "neck_channels", "anchors", "neighbour_cells")
 
 
 def default_anchors(image_size: int) -> list[list[float]]:
@@ -34,28 +60,36 @@ class YOLOv3(nn.Module):
         image_size: side of the square letterboxed input.
         neck_channels: neck output channels per level, finest first.
         loss: the :class:`YOLOLoss` to train with.
-        score_threshold, nms_threshold, max_detections, multi_label: inference settings (see :func:`postprocess`).
+        neighbour_cells: positives in the two neighbouring cells too, and the centre decoding that goes with them
+            (:func:`detlab.heads.yolo.centre_offset`).
+        score_threshold, nms_threshold, max_detections, multi_label, pre_nms_top_k: inference settings (see
+            :func:`detlab.heads.yolo.postprocess`).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, anchors, image_size: int, neck_channels,
-                 loss: YOLOLoss, score_threshold: float = 0.01, nms_threshold: float = 0.45,
-                 max_detections: int = 100, multi_label: bool = True):
+                 loss: YOLOLoss, neighbour_cells: bool = False, score_threshold: float = 0.01,
+                 nms_threshold: float = 0.45, max_detections: int = 100, multi_label: bool = True,
+                 pre_nms_top_k: int = PRE_NMS_TOP_K):
         super().__init__()
         if len(anchors) != 9:
             raise ValueError(f"anchors: YOLOv3 needs 9 anchors (3 per level), got {len(anchors)}")
         self.backbone = backbone
-        self.strides = [backbone.strides[level] for level in LEVELS]
+        strides = [backbone.strides[level] for level in LEVELS]
         self.neck = YOLOv3Neck([backbone.out_channels[level] for level in LEVELS], list(neck_channels))
-        self.head = YOLOHead(list(neck_channels), num_classes, self.strides, image_size)
+        self.head = YOLOHead(list(neck_channels), num_classes, strides, torch.as_tensor(anchors), image_size,
+                             neighbour_cells)
         self.loss = loss
         self.num_classes, self.image_size = num_classes, image_size
         self.score_threshold, self.nms_threshold, self.max_detections = score_threshold, nms_threshold, max_detections
-        self.multi_label = multi_label
-        anchors = torch.as_tensor(anchors, dtype=torch.float32)
-        self.register_buffer("anchors", anchors[anchors.prod(1).argsort()], persistent=False)
+        self.multi_label, self.pre_nms_top_k = multi_label, pre_nms_top_k
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         self.letterbox = Letterbox(image_size)
+
+    @property
+    def anchors(self) -> torch.Tensor:
+        """Tensor[9, 2]: the head's anchors (w, h) in input pixels, smallest first."""
+        return self.head.anchors
 
     def forward(self, images, targets: list[dict] | None = None):
         if self.training and targets is None:
@@ -63,9 +97,9 @@ class YOLOv3(nn.Module):
         batch, targets = self.preprocess(images, targets)
         outputs = self.head(self.neck(self.backbone(batch)))
         if self.training:
-            return self.loss(outputs, targets, self.anchors, self.strides, self.image_size)
-        detections = postprocess(outputs, self.anchors, self.strides, self.score_threshold, self.nms_threshold,
-                                 self.max_detections, self.multi_label, neighbour_cells=self.loss.neighbour_cells)
+            return self.loss(outputs, targets, self.head)
+        detections = postprocess(outputs, self.head, self.score_threshold, self.nms_threshold, self.max_detections,
+                                 self.multi_label, self.pre_nms_top_k)
         for detection, target in zip(detections, targets):
             detection["boxes"] = to_original_boxes(detection["boxes"], target)
         return detections
@@ -98,9 +132,16 @@ class YOLOv3(nn.Module):
 
 
 def build_yolov3(cfg, num_classes: int) -> YOLOv3:
-    """A :class:`YOLOv3` from a :class:`detlab.config.ModelConfig`."""
+    """A :class:`YOLOv3` from a :class:`detlab.config.ModelConfig` whose section is a :class:`YOLOv3Config`."""
+    section = cfg.yolov3
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, levels=LEVELS)
-    loss = YOLOLoss(cfg.box_loss, cfg.ignore_threshold, cfg.multi_anchor_threshold, cfg.neighbour_cells)
-    anchors = cfg.anchors if cfg.anchors is not None else default_anchors(cfg.image_size)
-    return YOLOv3(backbone, num_classes, anchors, cfg.image_size, cfg.neck_channels, loss, cfg.score_threshold,
-                  cfg.nms_threshold, cfg.max_detections, cfg.multi_label)
+    loss = YOLOLoss(section.box_loss, section.ignore_threshold, section.multi_anchor_threshold)
+    anchors = section.anchors if section.anchors is not None else default_anchors(section.image_size)
+    return YOLOv3(backbone, num_classes, anchors, section.image_size, section.neck_channels, loss,
+                  section.neighbour_cells, cfg.score_threshold, cfg.nms_threshold, cfg.max_detections,
+                  section.multi_label, section.pre_nms_top_k)
+
+
+def yolov3_inputs(cfg) -> SquareLetterbox:
+    """YOLOv3's input pipeline: every image letterboxed to ``model.yolov3.image_size`` square."""
+    return SquareLetterbox(cfg.yolov3.image_size)

@@ -9,16 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class ConvBNAct(nn.Sequential):
-    """Conv2d (no bias: BatchNorm follows) + BatchNorm2d + LeakyReLU(0.1), the darknet building block."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.LeakyReLU(0.1, inplace=True),
-        )
+from detlab.layers import ConvBNAct
 
 
 def conv_set(in_channels: int, channels: int) -> nn.Sequential:

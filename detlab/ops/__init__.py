@@ -8,7 +8,7 @@ nothing else from detlab.
 
 from ._backend import Backend, backend
 from ._build import NativeOpsBuildError
-from .boxes import batched_nms, nms
+from .nms import batched_nms, nms
 from .roi_align import MultiScaleRoIAlign, RoIAlign, multiscale_roi_align, roi_align
 
 __all__ = [

@@ -61,3 +61,33 @@ def test_dataset_stats_tool_prints_counts_and_writes_png(coco_mini_dir, tmp_path
     out = capsys.readouterr().out
     assert "images: 80  boxes: 739" in out and "person" in out
     assert (tmp_path / "sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_anchors_tool_fits_the_models_anchors_at_its_input_size(capsys):
+    from det_helpers import TINY
+
+    from detlab.config import load_config
+    from detlab.models.yolov3 import default_anchors
+
+    assert _tool("anchors").main(["--set", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "boxes, letterboxed to 64x64" in out and "best-possible recall (IoU > 0.5): current anchors" in out
+    value = out.split("--set ")[-1].strip()
+    assert value.startswith("model.yolov3.anchors=[[")
+    fitted = load_config(None, TINY + [value]).model.yolov3.anchors
+    assert len(fitted) == 9 and fitted != default_anchors(64)
+
+
+def test_anchors_tool_measures_boxes_in_the_models_input_pixels():
+    from detlab.data.inputs import SquareLetterbox
+
+    dataset = SyntheticShapes(3, 128, 96, seed=2)  # letterboxed to 64: every box at half its size
+    sizes = _tool("anchors").training_box_sizes(dataset, SquareLetterbox(64))
+    raw = torch.cat([dataset.target(i)["boxes"][:, 2:] - dataset.target(i)["boxes"][:, :2] for i in range(3)])
+    torch.testing.assert_close(sizes, raw * 0.5)
+
+
+def test_anchors_tool_bad_config_is_one_line(capsys):
+    assert _tool("anchors").main(["--set", "model.yolov3.image_size=big"]) == 2
+    assert "error: override 'model.yolov3.image_size=big': model.yolov3.image_size: expected int" in \
+        capsys.readouterr().err

@@ -9,44 +9,85 @@ import torch
 from det_helpers import TINY, tiny_config, train_tiny
 
 from detlab.backbones import build_backbone
-from detlab.engine import FORMAT, NonFiniteLossError, Trainer, load_checkpoint, save_checkpoint, train
-from detlab.engine.train import lr_factor
+from detlab.engine import (FORMAT, CheckpointError, NonFiniteLossError, Trainer, atomic_save, load_checkpoint,
+                           save_checkpoint, train)
 
 ROOT = Path(__file__).parents[2]
 
 
-def test_checkpoint_is_self_describing_and_weights_only_loadable(tmp_path):
-    last = train_tiny(tmp_path)
-    state = torch.load(last, weights_only=True)
-    assert state["format"] == FORMAT and state["epoch"] == 1
+def test_checkpoint_is_self_describing_and_weights_only_loadable(tiny_run):
+    state = torch.load(tiny_run / "last.pt", weights_only=True)
+    assert state["format"] == FORMAT and state["epoch"] == 1 and state["kind"] == "training"
     assert state["class_names"] == ["rectangle", "ellipse", "triangle", "star"]
     assert state["config"]["model"]["backbone"] == "resnet18" and state["detlab_version"]
+    assert state["config"]["model"]["yolov3"]["neck_channels"] == [16, 32, 64]
     assert {"model", "ema", "optimizer", "scheduler", "scaler", "rng", "history"} <= set(state)
     for name in ("best.pt", "log.jsonl", "train_batch0.png", "loss.png", "map.png", "metrics.json", "pr_curves.png"):
-        assert (tmp_path / name).exists(), name
-    record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+        assert (tiny_run / name).exists(), name
+    best = torch.load(tiny_run / "best.pt", weights_only=True)
+    assert best["format"] == FORMAT and best["kind"] == "inference" and best["epoch"] == 1
+    assert set(best) == {"format", "detlab_version", "kind", "config", "class_names", "model", "epoch", "metric"}
+    record = json.loads((tiny_run / "log.jsonl").read_text().splitlines()[-1])
     assert record["epoch"] == 1 and "mAP50" in record and "loss_obj" in record
     # TensorBoard holds the same figures as the JSONL log
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    events = EventAccumulator(str(tiny_run / "tensorboard")).Reload()
     assert {"epoch/loss_obj", "epoch/mAP50", "epoch/lr"} <= set(events.Tags()["scalars"])
     (logged,) = events.Scalars("epoch/mAP50")
     assert logged.step == 1 and logged.value == pytest.approx(record["mAP50"], rel=1e-6)
+    assert best["metric"] == record["metric"]
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("boom")
 
 
 def test_atomic_write_keeps_the_old_file_when_saving_fails(tmp_path):
     path = tmp_path / "c.pt"
     save_checkpoint({"epoch": 1}, path)
-
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("boom")
-
     with pytest.raises(RuntimeError, match="boom"):
         save_checkpoint({"epoch": 2, "bad": Unpicklable()}, path)
     assert load_checkpoint(path)["epoch"] == 1
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_atomic_write_syncs_the_temporary_file_before_renaming_it(tmp_path, monkeypatch):
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", Path(a).parent == tmp_path)),
+                                                     real_replace(a, b))[1])
+    atomic_save({"x": torch.ones(3)}, tmp_path / "w.pt")
+    # the file's data, then the rename (a temporary file in the same folder), then the folder entry
+    assert events == [("fsync", False), ("replace", True), ("fsync", True)]
+    assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["x"], torch.ones(3))
+
+
+def test_classification_checkpoints_use_the_same_atomic_writer(tmp_path, monkeypatch):
+    """A failing classification save leaves the previous best.pt and no temporary file (the shared writer)."""
+    import detlab.classify.trainer as classify_train
+    from detlab.classify import ClassifyConfig
+    from detlab.classify import train as train_classifier
+
+    assert classify_train.atomic_save is atomic_save
+    config = ClassifyConfig(synthetic_train=8, synthetic_val=4, image_size=32, epochs=2, batch_size=4, patience=0,
+                            out_dir=str(tmp_path), name="run", progress=False, device="cpu")
+    calls = []
+
+    def failing_on_the_second_epoch(checkpoint, path):
+        calls.append(checkpoint["epoch"])
+        atomic_save(checkpoint if checkpoint["epoch"] == 1 else {**checkpoint, "bad": Unpicklable()}, path)
+
+    monkeypatch.setattr(classify_train, "atomic_save", failing_on_the_second_epoch)
+    with pytest.raises(RuntimeError, match="boom"):
+        train_classifier(config)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+    assert not list((tmp_path / "run").glob("*.tmp"))
 
 
 def test_load_rejects_other_files(tmp_path):
@@ -76,15 +117,24 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(b["model"][k], v) for k, v in a["model"].items())
 
 
-def test_resume_refuses_another_model(tmp_path):
-    last = train_tiny(tmp_path / "a")
-    trainer = Trainer(tiny_config(tmp_path / "b", "model.neck_channels=[8,16,32]"), print_fn=lambda *a: None)
-    with pytest.raises(ValueError, match="it is another model.*neck_channels"):
-        trainer.resume(last)
+def test_resume_refuses_another_model_naming_the_key(tiny_run, tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "model.yolov3.neck_channels=[8,16,32]"), print_fn=lambda *a: None)
+    with pytest.raises(CheckpointError, match=r"it is another model \(model.yolov3.neck_channels: \[16, 32, 64\] "
+                                              r"there, \[8, 16, 32\] here\)"):
+        trainer.resume(tiny_run / "last.pt")
+    other_backbone = Trainer(tiny_config(tmp_path, "model.backbone=resnet34"), print_fn=lambda *a: None)
+    with pytest.raises(CheckpointError, match=r"model.backbone: 'resnet18' there, 'resnet34' here"):
+        other_backbone.resume(tiny_run / "last.pt")
+    same = Trainer(tiny_config(tmp_path), print_fn=lambda *a: None)
+    with pytest.raises(CheckpointError, match=r"best.pt: it is an inference checkpoint .*resume from the run's last.pt"):
+        same.resume(tiny_run / "best.pt")
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
-    last = train_tiny(tmp_path)
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_run, tmp_path):
+    import shutil
+
+    last = tmp_path / "last.pt"
+    shutil.copy(tiny_run / "last.pt", last)
     before = last.read_bytes()
     trainer = Trainer(tiny_config(tmp_path, "train.epochs=2"), print_fn=lambda *a: None)
     trainer.resume(last)
@@ -93,14 +143,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 2 .*last good checkpoint .*last.pt \(epoch 1\) is intact"):
         trainer.fit()
     assert last.read_bytes() == before
-
-
-def test_warmup_then_cosine_and_step():
-    cfg = tiny_config(Path("unused"), "train.epochs=10", "train.warmup_epochs=1").train
-    f = lr_factor(cfg, 10)
-    assert f(0) == pytest.approx(0.01) and f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.01)
-    step = lr_factor(tiny_config(Path("unused"), "train.epochs=10", "train.schedule=step").train, 10)
-    assert step(50) == 1.0 and step(85) == pytest.approx(0.1) and step(95) == pytest.approx(0.01)
 
 
 def test_transfer_strategy_freezes_the_backbone(tmp_path):
@@ -184,7 +226,8 @@ def test_classifier_pretrained_on_exported_crops_starts_a_detector(tmp_path):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_step_computes_in_half_and_keeps_float32_weights(tmp_path, amp):
-    trainer = Trainer(tiny_config(tmp_path, f"train.amp={amp}"), print_fn=lambda *a: None)
+    # 32 px: float16 convolutions are slow on a CPU, and the GradScaler needs ~16 steps to find its scale
+    trainer = Trainer(tiny_config(tmp_path, f"train.amp={amp}", "model.yolov3.image_size=32"), print_fn=lambda *a: None)
     seen = []
     trainer.model.head.predictors[0].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
     images, targets = zip(*[trainer.data.train[i] for i in range(4)])

@@ -8,8 +8,8 @@ from detlab.models import build_model
 
 
 def model_for(backbone: str, image_size: int, num_classes: int = 3, *extra: str):
-    cfg = load_config(None, [f"model.backbone={backbone}", f"model.image_size={image_size}",
-                             "model.neck_channels=[16,32,64]", *extra])
+    cfg = load_config(None, [f"model.backbone={backbone}", f"model.yolov3.image_size={image_size}",
+                             "model.yolov3.neck_channels=[16,32,64]", *extra])
     torch.manual_seed(0)
     return build_model(cfg.model, num_classes)
 
@@ -80,7 +80,7 @@ def test_neighbour_cells_decoding_reaches_half_a_cell_beyond_the_cell():
 
 def test_paper_box_loss_with_neighbour_cells_is_lowest_at_the_true_centre():
     """The xy target of a positive in a neighbouring cell is the logit that decodes to the ground-truth centre."""
-    loss = YOLOLoss("paper", neighbour_cells=True)
+    loss = YOLOLoss("paper")
     box = torch.tensor([[3.0, 11, 23, 31]])  # centre (13, 21); cells (2, 1), (2, 2), (3, 1) at stride 8
     pos = assign_targets([{"boxes": box, "labels": torch.tensor([0])}], ANCHORS, STRIDES, GRIDS,
                          neighbour_cells=True)[0]
@@ -90,7 +90,7 @@ def test_paper_box_loss_with_neighbour_cells_is_lowest_at_the_true_centre():
     for _ in range(300):
         optimizer.zero_grad()
         picked = torch.cat([xy, torch.zeros(len(pos.batch), 3)], dim=1)
-        loss._box_loss(picked, None, pos, ANCHORS[pos.anchor], wh, 8).sum().backward()
+        loss._box_loss(picked, None, pos, ANCHORS[pos.anchor], wh, 8, neighbour_cells=True).sum().backward()
         optimizer.step()
     output = torch.zeros(1, 3, 16, 16, 6)
     output[pos.batch, pos.anchor, pos.gy, pos.gx, :2] = xy.detach()
@@ -116,7 +116,7 @@ def test_decode_puts_a_zero_output_at_the_cell_centre_with_the_anchor_size():
 
 @pytest.mark.parametrize("box_loss", ["paper", "giou", "ciou"])
 def test_loss_is_finite_and_decreases_on_a_tiny_overfit(box_loss):
-    model = model_for("resnet18", 64, 2, f"model.box_loss={box_loss}")
+    model = model_for("resnet18", 64, 2, f"model.yolov3.box_loss={box_loss}")
     images = [torch.rand(3, 64, 64) for _ in range(2)]
     targets = [{"boxes": torch.tensor([[8.0, 8, 40, 30]]), "labels": torch.tensor([1])},
                {"boxes": torch.tensor([[20.0, 10, 60, 60], [0, 0, 16, 16]]), "labels": torch.tensor([0, 1])}]
@@ -171,8 +171,8 @@ def test_train_mode_needs_targets_and_bad_inputs_are_named():
 
 
 def test_fitted_anchors_recall_at_least_as_well_as_the_defaults():
-    from detlab.models import default_anchors
-    from detlab.models.anchors import best_possible_recall, fit_anchors
+    from detlab.models.anchor_fitting import best_possible_recall, fit_anchors
+    from detlab.models.yolov3 import default_anchors
 
     g = torch.Generator().manual_seed(0)
     wh = torch.cat([torch.rand(200, 2, generator=g) * 10 + 40, torch.rand(200, 2, generator=g) * 5 + 10])
@@ -180,3 +180,30 @@ def test_fitted_anchors_recall_at_least_as_well_as_the_defaults():
     assert fitted.shape == (9, 2) and (fitted.prod(1).diff() >= 0).all()
     assert best_possible_recall(wh, fitted) >= best_possible_recall(wh, torch.tensor(default_anchors(128)))
     assert best_possible_recall(wh, fitted) > 0.95
+
+
+def test_decoding_settings_live_on_the_head_and_come_from_the_config():
+    """The head decodes as its model was trained (neighbour cells or not); the loss only reads them from it."""
+    plain = model_for("resnet18", 64, 2, "model.yolov3.neighbour_cells=false").eval()
+    shifted = model_for("resnet18", 64, 2).eval()
+    shifted.load_state_dict(plain.state_dict())
+    assert not plain.head.neighbour_cells and shifted.head.neighbour_cells
+    assert not hasattr(shifted.loss, "neighbour_cells")
+    output = torch.zeros(1, 3, 2, 2, 7)
+    output[..., 0] = 3.0  # sigmoid ~0.95: the two decodings disagree
+    a, b = plain.head.decode(output, 0), shifted.head.decode(output, 0)
+    torch.testing.assert_close(a, decode_boxes(output, plain.head.level_anchors(0), 8))
+    torch.testing.assert_close(b, decode_boxes(output, plain.head.level_anchors(0), 8, neighbour_cells=True))
+    assert not torch.allclose(a, b)
+
+
+def test_pre_nms_top_k_is_configurable():
+    image = torch.rand(3, 64, 64)
+    settings = ["model.score_threshold=0.0", "model.nms_threshold=1.0"]  # keep everything NMS would let through
+    many = model_for("resnet18", 64, 2, *settings).eval()
+    few = model_for("resnet18", 64, 2, *settings, "model.yolov3.pre_nms_top_k=7").eval()
+    few.load_state_dict(many.state_dict())
+    with torch.no_grad():
+        all_dets, top = many([image])[0], few([image])[0]
+    assert len(all_dets["scores"]) == 100 and len(top["scores"]) == 7  # max_detections caps the first
+    torch.testing.assert_close(top["scores"], all_dets["scores"][:7])

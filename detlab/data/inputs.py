@@ -1,0 +1,41 @@
+"""How a detector family wants its training images shaped: the input pipeline the family chooses.
+
+The family (``detlab.models``) says which pipeline its config asks for; the engine builds the training data and
+loader from it and never reads a family's own keys. An input pipeline has:
+
+- ``resize()``: the geometric transform a training image starts with (before augmentation);
+- ``crop_size``: (height, width) that scale-jitter augmentation crops back to;
+- ``group_by_aspect``: whether training batches group landscape and portrait images (two-stage models pad a batch
+  to its largest image, so like-with-like keeps the padding small);
+- ``scale(height, width)``: the factor from an original image's pixels to the model's input pixels (what box
+  sizes become, e.g. for anchor fitting).
+
+Evaluation images stay untransformed: the model itself prepares them the same way and returns boxes in their
+original pixels.
+"""
+
+from dataclasses import dataclass
+
+from detlab.data.transforms import Letterbox
+
+
+@dataclass(frozen=True)
+class SquareLetterbox:
+    """YOLO's input: the long side resized to ``size`` (aspect kept), padded to ``size x size``. Every image has
+    the same shape, so batches need no grouping."""
+
+    size: int
+    group_by_aspect = False
+
+    def resize(self) -> Letterbox:
+        return Letterbox(self.size)
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
+    def scale(self, height: int, width: int) -> float:
+        return self.size / max(height, width)
+
+    def __str__(self) -> str:
+        return f"letterboxed to {self.size}x{self.size}"
