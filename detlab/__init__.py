@@ -4,7 +4,7 @@
 does not load the models and the engine.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

@@ -5,7 +5,7 @@
 A detection config holds any subset of the sections ``model``, ``data`` and ``train``; whatever it leaves out
 keeps the defaults below (the synthetic-shapes experiment of ``python tools/train_det.py``)::
 
-    base: yolov3_resnet50_voc.yaml   # optional: start from that file (relative to this one), merged key by key
+    base: yolov3_resnet50_voc.yaml   # optional: start from that file (or a list), relative to this one
     model:
       name: yolov3                   # a key of detlab.models.MODELS
       backbone: resnet50             # shared keys stay flat ...
@@ -37,13 +37,28 @@ import yaml
 from detlab.backbones import BACKBONES
 from detlab.engine.data import DATASETS
 from detlab.engine.optim import OPTIMIZERS, SCHEDULES
-from detlab.engine.runtime import AMP_DTYPES
+from detlab.engine.runtime import AMP_DTYPES, device_problem, threads_problem
 from detlab.models import MODELS, model_family
+from detlab.transfer import strategy_problem
 
 
-def choice(default, choices, **kwargs):
-    """A dataclass field whose value must be one of ``choices`` (a dict's keys or a tuple), checked on load."""
-    return field(default=default, metadata={"choices": choices}, **kwargs)
+def setting(default=dataclasses.MISSING, *, choices=None, check=None, help: str | None = None,
+            default_factory=dataclasses.MISSING):
+    """A dataclass field with what loading checks: ``choices`` (a dict's keys or a tuple, e.g. ``MODELS``), and
+    ``check(value) -> problem or None`` for the rest; ``help`` documents it for command lines."""
+    metadata = {key: value for key, value in (("choices", choices), ("check", check), ("help", help))
+                if value is not None}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def choice(default, choices):
+    """A dataclass field whose value must be one of ``choices``, checked on load."""
+    return setting(default, choices=choices)
+
+
+def nonempty(value) -> str | None:
+    """The check of a list that needs at least one entry."""
+    return "must list at least one entry" if value is not None and len(value) == 0 else None
 
 
 @dataclass
@@ -63,8 +78,12 @@ class ModelConfig:
     section: typing.Any = None  # MODELS[name].config(); None: its defaults
 
     def __post_init__(self):
+        family = model_family(self.name)
         if self.section is None:
-            self.section = model_family(self.name).config()
+            self.section = family.config()
+        elif not isinstance(self.section, family.config):
+            raise ValueError(f"model.{self.name}: the section must be a {family.config.__name__}, got a "
+                             f"{type(self.section).__name__} (the section of another family?)")
 
     def __getattr__(self, name: str):
         # only reached for attributes that do not exist: the family's name reads its section
@@ -78,11 +97,12 @@ class ModelConfig:
 class DataConfig:
     dataset: str = choice("synthetic", DATASETS)
     root: str | None = None  # voc: the folder holding VOCdevkit; coco: the folder holding annotations/
-    years: list[str] = field(default_factory=lambda: ["2007"])  # voc: VOCdevkit/VOC<year> (a single year works)
-    val_years: list[str] | None = None  # voc: the validation splits' years; None: data.years
+    # voc: VOCdevkit/VOC<year> (a single year works)
+    years: list[str] = setting(default_factory=lambda: ["2007"], check=nonempty)
+    val_years: list[str] | None = setting(None, check=nonempty)  # voc: the validation splits' years; None: years
     # voc: ImageSets/Main/<split>.txt of every year; coco: images <root>/<split>, annotations/instances_<split>.json
-    train_splits: list[str] = field(default_factory=lambda: ["trainval"])
-    val_splits: list[str] = field(default_factory=lambda: ["test"])
+    train_splits: list[str] = setting(default_factory=lambda: ["trainval"], check=nonempty)
+    val_splits: list[str] = setting(default_factory=lambda: ["test"], check=nonempty)
     val_on_train: bool = False  # evaluate on the training images (memorisation checks)
     max_train_images: int | None = None  # keep the first N training images
     synthetic_train: int = 960  # synthetic: number of images (train seed = seed, val seed = seed + 1)
@@ -117,11 +137,11 @@ class TrainConfig:
     # minutes of training (evaluations included); when the epochs would take longer, train fewer with the LR
     # schedule ending at the last of them (checked after every epoch). None: always train.epochs
     time_limit: float | None = 14.0
-    transfer: str = "full"  # feature_extract | partial:N | full (detlab.transfer)
+    transfer: str = setting("full", check=strategy_problem)  # feature_extract | partial:N | full (detlab.transfer)
     backbone_lr_mult: float | None = None  # backbone LR = lr * this; None: 0.1 with pretrained weights, else 1
     seed: int = 0
-    device: str = "auto"  # auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N
-    threads: int | None = None  # torch CPU threads; None: torch's default
+    device: str = setting("auto", check=device_problem)  # auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N
+    threads: int | None = setting(None, check=threads_problem)  # torch CPU threads; None: torch's default
     out_dir: str = "runs/yolov3_synthetic"
 
 
@@ -179,7 +199,7 @@ def config_from_layers(layers: list[tuple[str, dict]]) -> Config:
         given = layer.get("model") if isinstance(layer, dict) else None
         if isinstance(given, dict) and "name" in given:
             name_source, name = source, given["name"]
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ConfigError(f"{name_source}: model.name = {name!r} is not valid; valid choices: {', '.join(MODELS)}")
     data = config_to_dict(Config(model=ModelConfig(name=name)))
     schema = _schema(Config)
@@ -218,12 +238,13 @@ def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = (
 
 
 def read_yaml_layers(path: str | Path, _chain: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
-    """``[(file, dict), ...]`` of ``path`` and the files it starts from (``base: other.yaml``, relative to it),
-    the most basic first. A missing file, a YAML syntax error (file, line, column) or a cycle of bases is a
+    """``[(file, dict), ...]`` of ``path`` and the files it starts from, the most basic first. ``base:`` names one
+    file or a list of files (paths relative to this one), read in order, each with its own bases; this file's keys
+    then apply on top. A missing file, a YAML syntax error (file, line, column) or a cycle of bases is a
     ConfigError."""
     path = Path(path)
     if not path.is_file():
-        named_by = f" (the base of {_chain[-1]})" if _chain else ""
+        named_by = f" (a base of {_chain[-1]})" if _chain else ""
         raise ConfigError(f"config file {path} does not exist{named_by}")
     if path.resolve() in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(path.resolve()):], path.resolve()))
@@ -238,12 +259,13 @@ def read_yaml_layers(path: str | Path, _chain: tuple[Path, ...] = ()) -> list[tu
     loaded = {} if loaded is None else loaded
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    bases = loaded.pop("base", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"{path}: base must be the path of another config file or a list of them, got {bases!r}")
     layers = []
-    if "base" in loaded:
-        base = loaded.pop("base")
-        if not isinstance(base, str):
-            raise ConfigError(f"{path}: base must be the path of another config file, got {base!r}")
-        layers = read_yaml_layers(path.parent / base, (*_chain, path.resolve()))
+    for base in bases:
+        layers += read_yaml_layers(path.parent / base, (*_chain, path.resolve()))
     return layers + [(str(path), loaded)]
 
 
@@ -286,13 +308,15 @@ def migrate_flat_layout(data: dict) -> dict:
 class _Leaf:
     hint: typing.Any
     choices: typing.Any = None
+    check: typing.Any = None
 
 
 def _schema(cls) -> dict:
     """``{key: _Leaf or nested schema}`` of a dataclass (fields whose type is a dataclass are nested)."""
     hints = typing.get_type_hints(cls)
     return {f.name: _schema(hints[f.name]) if dataclasses.is_dataclass(hints[f.name])
-            else _Leaf(hints[f.name], f.metadata.get("choices")) for f in dataclasses.fields(cls)}
+            else _Leaf(hints[f.name], f.metadata.get("choices"), f.metadata.get("check"))
+            for f in dataclasses.fields(cls)}
 
 
 def _nest(keys: list[str], value) -> dict:
@@ -314,10 +338,17 @@ def _merge(into: dict, update, schema: dict, source: str, explain, prefix: str =
             continue
         leaf = schema[key]
         checked = _checked(value, leaf.hint, f"{source}: {dotted}")
-        if leaf.choices is not None and checked not in leaf.choices:
-            raise ConfigError(f"{source}: {dotted} = {checked!r} is not valid; valid choices: "
-                              f"{', '.join(leaf.choices)}")
+        problem = _problem(checked, leaf.choices, leaf.check)
+        if problem:
+            raise ConfigError(f"{source}: {dotted} = {checked!r} {problem}")
         into[key] = checked
+
+
+def _problem(value, choices, check) -> str | None:
+    """What is wrong with a typed value: not among ``choices``, or what ``check`` says."""
+    if choices is not None and value not in choices:
+        return f"is not valid; valid choices: {', '.join(choices)}"
+    return check(value) if check is not None else None
 
 
 def _keys(schema: dict, prefix: str) -> str:
@@ -355,14 +386,13 @@ def _checked(value, hint, where: str):
     raise ConfigError(f"{where}: expected {_name(hint)}, got {value!r}")
 
 
-def check_choices(obj, where: str = "") -> None:
-    """Raise ValueError for a field of the dataclass instance ``obj`` whose value is not among its ``choices``
-    (for dataclasses built directly in Python rather than loaded)."""
+def check_settings(obj) -> None:
+    """Raise ConfigError for a field of the dataclass instance ``obj`` that its ``choices`` or ``check`` refuse
+    (the load-time checks, for a dataclass built directly in Python)."""
     for f in dataclasses.fields(obj):
-        choices = f.metadata.get("choices")
-        if choices is not None and getattr(obj, f.name) not in choices:
-            raise ValueError(f"{where}{f.name}={getattr(obj, f.name)!r} is not valid; valid choices: "
-                             f"{', '.join(choices)}")
+        problem = _problem(getattr(obj, f.name), f.metadata.get("choices"), f.metadata.get("check"))
+        if problem:
+            raise ConfigError(f"{f.name} = {getattr(obj, f.name)!r} {problem}")
 
 
 def _is_float(text: str) -> bool:

@@ -49,6 +49,16 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def strategy_problem(strategy: str) -> str | None:
+    """What is wrong with the form of ``strategy`` (None: nothing); N of ``partial:N`` is checked against the
+    backbone's stages when the strategy is applied."""
+    if strategy in ("full", "feature_extract"):
+        return None
+    if strategy.startswith("partial:") and strategy[len("partial:"):].isdigit() and int(strategy[len("partial:"):]):
+        return None
+    return "is not a transfer strategy; valid: feature_extract, partial:N (N >= 1 trained stages), full"
+
+
 def trainable_stages(strategy: str, stage_names: list[str]) -> list[str]:
     """The names among ``stage_names`` (in execution order) that ``strategy`` trains."""
     count = len(stage_names)

@@ -97,7 +97,8 @@ def test_overrides_change_the_inference_settings_and_are_checked(checkpoint, det
     with pytest.raises(ValueError, match="unknown key 'model.max_detection'"):
         Detector.from_checkpoint(checkpoint, overrides=["model.max_detection=3"])
     # a family setting that is not architecture changes too
-    single = Detector.from_checkpoint(checkpoint, device="cpu", overrides=EVERYTHING + ["model.yolov3.multi_label=false"])
+    single = Detector.from_checkpoint(checkpoint, device="cpu",
+                                      overrides=EVERYTHING + ["model.yolov3.multi_label=false"])
     assert single.model.multi_label is False and detector.model.multi_label is True
 
 
@@ -125,3 +126,9 @@ def test_best_pt_is_the_inference_checkpoint_and_last_pt_predicts_the_same(tiny_
     b = Detector.from_checkpoint(tiny_run / "last.pt", device="cpu", overrides=EVERYTHING).predict(image, 0.0)
     torch.testing.assert_close(a["boxes"], b["boxes"])
     torch.testing.assert_close(a["scores"], b["scores"])
+    # best.pt has only the EMA weights: asking for the raw ones is an error, not a silent substitute
+    with pytest.raises(ValueError, match="use_ema=False, but it holds only the EMA weights .* in the run's last.pt"):
+        Detector.from_checkpoint(tiny_run / "best.pt", use_ema=False)
+    raw = Detector.from_checkpoint(tiny_run / "last.pt", device="cpu", use_ema=False)
+    assert not torch.equal(raw.model.head.predictors[0].weight, Detector.from_checkpoint(
+        tiny_run / "last.pt", device="cpu").model.head.predictors[0].weight)

@@ -43,7 +43,8 @@ YOLO_KEYS = "model.yolov3.{image_size, neck_channels, anchors, box_loss"
 @pytest.mark.parametrize("override, message", [
     ("train.epochz=5", r"unknown key 'train.epochz'; valid keys: .*train.epochs"),
     ("trian.epochs=5", r"unknown key 'trian'; valid keys: model, data, train$"),
-    ("model.backbone=resnet19", r"model.backbone = 'resnet19' is not valid; valid choices: .*resnet18.*mobilenet_v3_large"),
+    ("model.backbone=resnet19", r"model.backbone = 'resnet19' is not valid; valid choices: .*resnet18.*"
+                                r"mobilenet_v3_large"),
     ("model.name=yolov4", r"model.name = 'yolov4' is not valid; valid choices: yolov3"),
     ("train.optimizer=rmsprop", r"train.optimizer = 'rmsprop' is not valid; valid choices: sgd, adam, adamw"),
     ("train.amp=fp8", r"train.amp = 'fp8' is not valid; valid choices: off, fp16, bf16"),
@@ -62,6 +63,16 @@ YOLO_KEYS = "model.yolov3.{image_size, neck_channels, anchors, box_loss"
     # the flat layout of detlab 0.1 says where its keys went
     ("model.image_size=416", r"model.image_size is now model.yolov3.image_size"),
     ("data.year=2012", r"data.year is now data.years"),
+    # values that have a form to follow
+    ("model.name=[a, b]", r"model.name = \['a', 'b'\] is not valid; valid choices: yolov3"),
+    ("data.train_splits=[]", r"data.train_splits = \[\] must list at least one entry"),
+    ("data.val_years=[]", r"data.val_years = \[\] must list at least one entry"),
+    ("train.threads=0", r"train.threads = 0 must be at least 1 \(null: torch's default\)"),
+    ("train.device=gpu", r"train.device = 'gpu' is not a device; valid: auto .*cpu, cuda, cuda:N"),
+    ("train.device=meta", r"train.device = 'meta' is a meta device; detlab trains and predicts on cpu or cuda"),
+    ("train.transfer=bogus", r"train.transfer = 'bogus' is not a transfer strategy; valid: feature_extract, "
+                             r"partial:N \(N >= 1 trained stages\), full"),
+    ("train.transfer=partial:0", r"train.transfer = 'partial:0' is not a transfer strategy"),
 ])  # fmt: skip
 def test_bad_overrides_name_the_key_and_the_choices(override, message):
     with pytest.raises(ConfigError, match=re.escape(f"override {override!r}: ") + message):
@@ -126,8 +137,8 @@ def test_bad_files(tmp_path):
 
 def test_base_chains_merge_key_by_key(tmp_path):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "a.yaml").write_text("model:\n  backbone: resnet50\n  yolov3:\n    image_size: 416\n    box_loss: giou\n"
-                                     "train:\n  epochs: 50\n  lr: 0.01\n")
+    (tmp_path / "a.yaml").write_text("model:\n  backbone: resnet50\n  yolov3:\n    image_size: 416\n"
+                                     "    box_loss: giou\ntrain:\n  epochs: 50\n  lr: 0.01\n")
     (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nmodel:\n  yolov3:\n    image_size: 320\n"
                                              "train:\n  epochs: 20\n")
     (tmp_path / "c.yaml").write_text("base: sub/b.yaml\ntrain:\n  lr: 0.001\n")
@@ -142,6 +153,18 @@ def test_base_chains_merge_key_by_key(tmp_path):
         load_config(tmp_path / "c.yaml")
 
 
+def test_base_lists_apply_in_order_then_the_file(tmp_path):
+    (tmp_path / "data.yaml").write_text("data:\n  dataset: voc\n  years: [2007, 2012]\n  num_workers: 4\n")
+    (tmp_path / "recipe.yaml").write_text("train:\n  epochs: 50\n  lr: 0.01\ndata:\n  num_workers: 2\n")
+    (tmp_path / "run.yaml").write_text("base: [data.yaml, recipe.yaml]\ntrain:\n  lr: 0.02\n")
+    cfg = load_config(tmp_path / "run.yaml")
+    assert cfg.data.dataset == "voc" and cfg.data.years == ["2007", "2012"]
+    assert cfg.data.num_workers == 2 and cfg.train.epochs == 50 and cfg.train.lr == 0.02
+    # the same base reached twice (a diamond) is no cycle
+    (tmp_path / "twice.yaml").write_text("base: [run.yaml, data.yaml]\n")
+    assert load_config(tmp_path / "twice.yaml").data.num_workers == 4
+
+
 def test_base_cycles_and_missing_bases_are_errors(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: c.yaml\n")
@@ -153,10 +176,10 @@ def test_base_cycles_and_missing_bases_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "self.yaml")
     (tmp_path / "d.yaml").write_text("base: nowhere.yaml\n")
-    with pytest.raises(ConfigError, match=rf"nowhere.yaml does not exist \(the base of {tmp_path / 'd.yaml'}\)"):
+    with pytest.raises(ConfigError, match=rf"nowhere.yaml does not exist \(a base of {tmp_path / 'd.yaml'}\)"):
         load_config(tmp_path / "d.yaml")
-    (tmp_path / "e.yaml").write_text("base: [a.yaml]\n")
-    with pytest.raises(ConfigError, match="base must be the path of another config file"):
+    (tmp_path / "e.yaml").write_text("base: {a: 1}\n")
+    with pytest.raises(ConfigError, match="base must be the path of another config file or a list of them"):
         load_config(tmp_path / "e.yaml")
 
 
@@ -178,6 +201,26 @@ def test_dict_round_trip_puts_the_section_under_the_family_name():
     assert "image_size" not in data["model"]
     assert config_from_dict(data) == cfg
     assert ModelConfig(name="yolov3").section == YOLOv3Config()
+
+
+def test_a_model_config_holds_only_its_own_familys_section(monkeypatch):
+    import copy
+    import dataclasses
+    import pickle
+
+    from detlab.models import MODELS, ModelFamily
+
+    @dataclasses.dataclass
+    class OtherConfig:
+        size: int = 1
+
+    monkeypatch.setitem(MODELS, "other", ModelFamily(OtherConfig, None, None, ()))
+    model = load_config(None, ["model.yolov3.image_size=96"]).model
+    with pytest.raises(ValueError, match="model.other: the section must be a OtherConfig, got a YOLOv3Config"):
+        dataclasses.replace(model, name="other")
+    assert dataclasses.replace(model, weights="imagenet").yolov3.image_size == 96
+    for clone in (copy.copy(model), copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone == model and clone.yolov3.image_size == 96
 
 
 def test_migration_of_the_flat_layout():
@@ -207,3 +250,12 @@ def test_shipped_configs_load_and_the_variants_inherit():
     mobile = loaded["yolov3_mobilenet_v3_large_coco"]
     assert mobile.model.backbone == "mobilenet_v3_large" and mobile.data.dataset == "coco"
     assert mobile.model.yolov3.image_size == 416 and mobile.train.amp == "bf16" and mobile.train.optimizer == "sgd"
+    assert mobile.data.train_splits == ["train2017"] and mobile.data.val_splits == ["val2017"]
+    for name in ("yolov3_resnet50_voc", "yolov3_resnet50_voc0712", "yolov3_resnet50_coco",
+                 "yolov3_mobilenet_v3_large_voc", "yolov3_mobilenet_v3_large_coco"):
+        recipe = loaded[name].train
+        assert (recipe.optimizer, recipe.lr, recipe.momentum, recipe.backbone_lr_mult, recipe.time_limit) == (
+            "sgd", 0.01, 0.937, 0.1, None), name
+    # the data-only bases fit any model
+    for path in sorted((CONFIGS / "datasets").glob("*.yaml")):
+        assert load_config(path).model == ModelConfig()

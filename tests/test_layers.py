@@ -55,7 +55,7 @@ def test_optimizers_schedules_and_checkpoint_writes_exist_once():
     """Detection and classification share the engine's optimizer builder, LR schedule and atomic writer."""
     owners = {"torch.optim.SGD(": "engine/optim.py", "torch.optim.Adam(": "engine/optim.py",
               "torch.optim.AdamW(": "engine/optim.py",
-              "tempfile.mkstemp(": "engine/checkpoint.py", "os.replace(": "engine/checkpoint.py",
+              "os.fsync(": "engine/checkpoint.py", "os.replace(": "engine/checkpoint.py",
               "torch.autocast(": "engine/runtime.py", "GradScaler(": "engine/runtime.py"}
     for path in sources(DETLAB):
         text = path.read_text()

@@ -23,8 +23,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", help="COCO results JSON: [{image_id, category_id, bbox, score}]")
     parser.add_argument("--ann", help="COCO annotation JSON (instances_*.json)")
-    parser.add_argument("--checkpoint", help="a detlab training checkpoint, evaluated on its config's dataset "
-                        "(VOC or COCO metric by dataset) instead of --results/--ann")
+    parser.add_argument("--checkpoint", help="a detlab detection checkpoint (best.pt or last.pt), evaluated on its "
+                        "config's dataset (VOC or COCO metric by dataset) instead of --results/--ann")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="--checkpoint: config overrides")
     parser.add_argument("--split", default="val", choices=("val", "train"), help="--checkpoint: which images")
     parser.add_argument("--device", default="auto", help="--checkpoint: auto (CUDA when visible, else CPU) | cpu | "

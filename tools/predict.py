@@ -37,7 +37,7 @@ def expand(patterns: list[str]) -> list[Path]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a training checkpoint (best.pt / last.pt)")
+    parser.add_argument("--checkpoint", required=True, help="a detlab detection checkpoint (best.pt or last.pt)")
     parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--out-dir", default="runs/predict", help="where the drawn images and detections.json go")
     parser.add_argument("--score", type=float, default=0.25, help="keep detections scoring at least this")

@@ -8,20 +8,20 @@ datasets of :mod:`detlab.classify.data`, the heads of :mod:`detlab.classify.mode
 engine's optimizers, schedules and AMP modes.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from detlab.backbones import BACKBONES
 from detlab.classify.data import DATASETS
 from detlab.classify.model import HEADS
-from detlab.config import check_choices, load_dataclass
+from detlab.config import check_settings, load_dataclass, setting
 from detlab.engine.optim import OPTIMIZERS, SCHEDULES
-from detlab.engine.runtime import AMP_DTYPES
+from detlab.engine.runtime import AMP_DTYPES, device_problem, threads_problem
+from detlab.transfer import strategy_problem
 
 
-def _help(text: str, default, choices=None):
-    metadata = {"help": text} if choices is None else {"help": text, "choices": choices}
-    return field(default=default, metadata=metadata)
+def _help(text: str, default, choices=None, check=None):
+    return setting(default, choices=choices, check=check, help=text)
 
 
 @dataclass
@@ -46,7 +46,8 @@ class ClassifyConfig:
     weights: str | None = _help("imagenet | path to a state_dict or detlab checkpoint | none", None)
     head: str = _help("linear | mlp (Dense(128, relu) then the output layer)", "linear", HEADS)
     dropout: float = _help("dropout before the output layer", 0.0)
-    transfer: str = _help("feature_extract | partial:N (last N backbone stages train) | full", "full")
+    transfer: str = _help("feature_extract | partial:N (last N backbone stages train) | full", "full",
+                          check=strategy_problem)
     freeze_all_bn: bool = _help("freeze every BatchNorm (statistics and affine), for small batches", False)
     # optimisation
     epochs: int = _help("maximum number of epochs", 10)
@@ -65,16 +66,16 @@ class ClassifyConfig:
     patience: int = _help("stop after this many epochs without a better val accuracy (0: never)", 5)
     amp: str = _help("mixed precision: off | fp16 | bf16", "off", AMP_DTYPES)
     # run
-    device: str = _help("auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N", "auto")
+    device: str = _help("auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N", "auto", check=device_problem)
     threads: int | None = _help("CPU threads for torch (unset: torch's default); 1 is fastest on a busy shared CPU",
-                                None)
+                                None, check=threads_problem)
     seed: int = _help("seed of the data, the init and the shuffling", 0)
     out_dir: str = _help("outputs go to out_dir/name", "runs/cls")
     name: str = _help("run name", "exp")
     progress: bool = _help("show tqdm progress bars", True)
 
     def __post_init__(self):
-        check_choices(self)
+        check_settings(self)
         if self.step_size < 1:
             raise ValueError(f"step_size={self.step_size}: must be at least 1 (epochs between lr decays)")
         if self.dataset != "synthetic" and not self.data_dir:

@@ -124,7 +124,7 @@ def _final_report(out: Path, val_loader: DataLoader, device: torch.device, confi
 def lr_factor(config: ClassifyConfig, steps_per_epoch: int):
     """Optimizer step (0-based) -> multiplier of every group's base lr: the engine's warmup + schedule, with
     ``step`` as ``StepLR(step_size, gamma)`` (the lr falls by ``gamma`` every ``step_size`` epochs)."""
-    milestones = range(config.step_size, config.epochs, config.step_size)
+    milestones = [epoch * steps_per_epoch for epoch in range(config.step_size, config.epochs, config.step_size)]
     return lr_schedule(config.schedule, steps_per_epoch, config.epochs, config.warmup_epochs,
                        config.final_lr_fraction, milestones, config.gamma)
 

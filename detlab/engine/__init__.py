@@ -14,8 +14,8 @@ the function.
 import importlib
 
 _EXPORTS = {
-    "FORMAT": "checkpoint", "CheckpointError": "checkpoint", "atomic_save": "checkpoint", "load_checkpoint": "checkpoint",
-    "load_detector": "checkpoint", "save_checkpoint": "checkpoint",
+    "FORMAT": "checkpoint", "CheckpointError": "checkpoint", "atomic_save": "checkpoint",
+    "load_checkpoint": "checkpoint", "load_detector": "checkpoint", "save_checkpoint": "checkpoint",
     "Evaluation": "evaluate", "evaluate_checkpoint": "evaluate", "evaluate_model": "evaluate",
     "predict_dataset": "evaluate",
     "NonFiniteLossError": "trainer", "Trainer": "trainer", "train": "trainer",
@@ -28,6 +28,10 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'detlab.engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
 
 
 __all__ = sorted(_EXPORTS)

@@ -9,8 +9,8 @@ A detection checkpoint is a dict of tensors and plain Python values, loadable wi
 
 - ``"training"`` (``last.pt``): everything ``--resume`` needs, also ``ema``, ``optimizer``, ``scheduler``,
   ``scaler``, ``rng``, ``history``, ``best_metric``, ``best_epoch``, ``planned_epochs``, ``train_seconds``;
-- ``"inference"`` (``best.pt``): the weights to predict with (the EMA's when the run kept one) and ``metric``, the
-  validation figure that made it the best; about a quarter of the size.
+- ``"inference"`` (``best.pt``): the weights to predict with (the EMA's when the run kept one: ``weights`` says
+  ``"ema"`` or ``"model"``) and ``metric``, the validation figure that made it the best; a quarter of the size.
 
 Format ``detlab.detect/1`` (detlab 0.1, the flat model config) still loads: its config is migrated
 (:func:`detlab.config.migrate_flat_layout`).
@@ -19,7 +19,7 @@ Format ``detlab.detect/1`` (detlab 0.1, the flat model config) still loads: its 
 import dataclasses
 import os
 import random
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +31,9 @@ from detlab.config import Config, ConfigError, config_from_dict, config_to_dict,
 from detlab.models import architecture_differences, build_model
 
 FORMAT = "detlab.detect/2"
-#: The formats this release reads; the first one's config is migrated on load.
+#: The format of detlab 0.1, still read: its config is migrated on load.
 OLD_FORMAT = "detlab.detect/1"
+KINDS = ("training", "inference")
 
 
 class CheckpointError(ValueError):
@@ -46,28 +47,34 @@ def atomic_save(obj, path: str | Path) -> None:
     anything fails, the temporary file is removed and ``path`` keeps its previous content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    # a fresh name (exclusive create, so never someone else's file) with the permissions the umask gives, as a
+    # plain open would (mkstemp's are 0600)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
 
 
 def _fsync_folder(folder: Path) -> None:
-    """Persist the rename itself (the folder entry); POSIX only, where folders can be opened."""
+    """Persist the rename itself (the folder entry) where the system allows it: POSIX folders can be opened and
+    synced; some file systems refuse, and then the checkpoint is written all the same."""
     if not hasattr(os, "O_DIRECTORY"):
         return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -84,19 +91,28 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path}: cannot be read as a torch checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"checkpoint {path}: cannot be read as a torch checkpoint "
+                              f"({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, OLD_FORMAT):
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"checkpoint {path}: not a detlab detection checkpoint (format {found!r}, "
-                         f"expected {FORMAT!r})")
+                              f"expected {FORMAT!r} or {OLD_FORMAT!r})")
     if state["format"] == OLD_FORMAT:  # detlab 0.1 wrote only full training checkpoints
         state = {**state, "kind": "training", "config": migrate_flat_layout(state["config"])}
+    if state.get("kind") not in KINDS:
+        raise CheckpointError(f"checkpoint {path}: kind {state.get('kind')!r} is none of {', '.join(KINDS)}")
     return state
 
 
-def inference_weights(state: dict, use_ema: bool = True) -> dict:
+def inference_weights(state: dict, use_ema: bool = True, path: str | Path = "") -> dict:
     """The state_dict to predict with: a training checkpoint's EMA weights when it has them (and ``use_ema``),
-    else its ``model``."""
+    else its ``model``; an inference checkpoint's weights (which are the EMA's when its run kept one, so
+    ``use_ema=False`` asks for weights it does not have: an error)."""
+    if state["kind"] == "inference":
+        if not use_ema and state.get("weights") == "ema":
+            raise CheckpointError(f"checkpoint {path}: use_ema=False, but it holds only the EMA weights that were "
+                                  f"evaluated; the raw weights are in the run's last.pt")
+        return state["model"]
     if use_ema and state.get("ema"):
         return state["ema"]["module"]
     return state["model"]
@@ -132,7 +148,7 @@ def load_detector(path: str | Path, overrides: list[str] = (), use_ema: bool = T
     # the weights come from the checkpoint: do not load the backbone's pretrained ones again
     model = build_model(dataclasses.replace(cfg.model, weights=None), len(class_names))
     try:
-        model.load_state_dict(inference_weights(state, use_ema))
+        model.load_state_dict(inference_weights(state, use_ema, path))
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise CheckpointError(f"checkpoint {path}: its weights do not fit a {cfg.model.name} with backbone "

@@ -53,7 +53,8 @@ def _voc(cfg, augment: Compose, seed: int) -> DetectionData:
     # class names from the training annotations, so a VOC-layout dataset of other classes works as is
     train = VOCDetection(root, cfg.years, cfg.train_splits, discover_classes=True, transforms=augment)
     class_names = list(train.class_names)
-    val = VOCDetection(root, cfg.val_years or cfg.years, cfg.val_splits, classes=class_names)
+    val_years = cfg.years if cfg.val_years is None else cfg.val_years
+    val = VOCDetection(root, val_years, cfg.val_splits, classes=class_names)
     return DetectionData(train, val, class_names, "voc")
 
 

@@ -1,7 +1,7 @@
 """The optimizer builder and the LR schedule of every detlab trainer (detection and classification).
 
     optimizer = build_optimizer(model, "adamw", lr=1e-3, weight_decay=5e-4, pretrained=True)
-    schedule = lr_schedule("cosine", iterations_per_epoch=120, epochs=14, warmup_epochs=1)
+    schedule = lr_schedule("cosine", iterations_per_epoch=120, epochs=14, warmup_epochs=1, final_lr_fraction=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)   # stepped once per iteration
 
 Parameter groups come from :func:`detlab.transfer.param_groups`: no weight decay on norms and biases, the backbone
@@ -48,26 +48,27 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     return OPTIMIZERS[name](groups, lr, momentum, nesterov, fused)
 
 
-#: LR schedule kinds (``train.schedule``, ``--scheduler``).
+#: LR schedule kinds (``train.schedule``, ``--schedule``).
 SCHEDULES = ("cosine", "step")
 #: The warmup starts at this fraction of the LR.
 WARMUP_START = 0.01
 
 
 def lr_schedule(kind: str, iterations_per_epoch: int, epochs: int, warmup_epochs: float = 0.0,
-                final_lr_fraction: float = 0.0, milestones: Sequence[float] = (),
+                final_lr_fraction: float = 0.0, milestones: Sequence[int] = (),
                 gamma: float = 0.1) -> Callable[[int], float]:
     """Iteration (0-based) -> LR multiplier, for ``torch.optim.lr_scheduler.LambdaLR``.
 
     A linear warmup from :data:`WARMUP_START` to 1 over ``warmup_epochs``, then
     ``"cosine"``: half a cosine from 1 down to ``final_lr_fraction`` at the end of ``epochs``;
-    ``"step"``: ``gamma ** k`` after the k-th of ``milestones`` (epochs, e.g. ``[7, 14]`` is StepLR(7) over 20).
+    ``"step"``: ``gamma ** k`` from the k-th of ``milestones`` on (iterations: StepLR(7) with 100 iterations per
+    epoch is ``[700, 1400, ...]``; the callers turn their settings, epochs or fractions of the run, into these).
     """
     if kind not in SCHEDULES:
         raise ValueError(f"schedule: {kind!r} is not valid; valid choices: {', '.join(SCHEDULES)}")
     total = epochs * iterations_per_epoch
     warmup = warmup_epochs * iterations_per_epoch
-    steps = sorted(round(m * iterations_per_epoch) for m in milestones)
+    steps = sorted(milestones)
 
     def factor(iteration: int) -> float:
         if iteration < warmup:

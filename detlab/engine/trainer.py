@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from detlab.config import Config, config_from_dict, config_to_dict
+from detlab.config import Config, ConfigError, config_from_dict, config_to_dict
 from detlab.data import make_loader
 from detlab.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from detlab.engine.data import build_data
@@ -45,7 +45,10 @@ class Trainer:
         self.cfg, self.print = cfg, print_fn
         t = cfg.train
         set_threads(t.threads)
-        self.device = resolve_device(t.device)
+        try:
+            self.device = resolve_device(t.device)
+        except ValueError as e:  # this machine lacks the device
+            raise ConfigError(f"train.device: {e}") from None
         torch.manual_seed(t.seed)
         self.inputs = input_pipeline(cfg.model)  # the model family says how its images are shaped
         self.data = build_data(cfg.data, self.inputs, t.seed)
@@ -89,14 +92,19 @@ class Trainer:
             "train_seconds": self.train_seconds,
         }
 
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """What evaluation and best.pt use: the EMA of the weights when the run keeps one, else the weights."""
+        return self.ema.module if self.ema else self.model
+
     def inference_state(self) -> dict:
         """The inference checkpoint (``best.pt``): the weights evaluation used, config, class names; no optimizer."""
-        model = self.ema.module if self.ema else self.model
         return {
             "kind": "inference",
             "config": config_to_dict(self.cfg),
             "class_names": list(self.data.class_names),
-            "model": model.state_dict(),
+            "model": self.evaluated_model.state_dict(),
+            "weights": "ema" if self.ema else "model",
             "epoch": self.epoch,
             "metric": self.best_metric,
         }
@@ -112,8 +120,8 @@ class Trainer:
         if differ or state["class_names"] != list(self.data.class_names):
             what = ", ".join(f"{key}: {a!r} there, {b!r} here" for key, a, b in differ) or \
                 f"class names: {state['class_names']} there, {list(self.data.class_names)} here"
-            raise CheckpointError(f"cannot resume from {path}: it is another model ({what}); start a new run in another "
-                             f"train.out_dir instead")
+            raise CheckpointError(f"cannot resume from {path}: it is another model ({what}); start a new run in "
+                                  f"another train.out_dir instead")
         self.model.load_state_dict(state["model"])
         if self.ema and state["ema"]:
             self.ema.load_state_dict(state["ema"])
@@ -187,10 +195,12 @@ class Trainer:
 
     def lr_factor(self, epochs: int):
         """Iteration -> LR multiplier of a run of ``epochs`` epochs (warmup, then cosine or the step milestones,
-        which are fractions of the run)."""
+        which are fractions of the run: the first iteration at or past ``m * total``)."""
         t = self.cfg.train
+        total = epochs * self.iterations_per_epoch
+        milestones = [math.ceil(m * total) for m in t.milestones]
         return lr_schedule(t.schedule, self.iterations_per_epoch, epochs, t.warmup_epochs, t.final_lr_fraction,
-                           [m * epochs for m in t.milestones], t.gamma)
+                           milestones, t.gamma)
 
     def train_one_epoch(self) -> dict:
         t = self.cfg.train
@@ -243,8 +253,7 @@ class Trainer:
         return values
 
     def evaluate(self):
-        model = self.ema.module if self.ema else self.model
-        evaluation = evaluate_model(model, self.data.val, self.data.class_names, self.data.metric,
+        evaluation = evaluate_model(self.evaluated_model, self.data.val, self.data.class_names, self.data.metric,
                                     batch_size=self.cfg.train.batch_size, device=self.device)
         self.print(f"epoch {self.epoch}: {self.data.metric} AP50 {evaluation.ap50:.4f}"
                    + (f", AP {evaluation.headline:.4f}" if self.data.metric == "coco" else ""))

@@ -26,7 +26,8 @@ class ModelFamily:
 
     Attributes:
         config: the dataclass of its ``model.<name>`` section.
-        build: ``build(model_config, num_classes) -> nn.Module`` (``model_config`` a :class:`detlab.config.ModelConfig`).
+        build: ``build(model_config, num_classes) -> nn.Module``, ``model_config`` a
+            :class:`detlab.config.ModelConfig`.
         inputs: ``inputs(model_config)`` -> its input pipeline (:mod:`detlab.data.inputs`).
         architecture_keys: the section's keys that define the architecture, compared by ``--resume`` and by
             checkpoint loading (besides the shared ``model.name`` and ``model.backbone``).

@@ -30,7 +30,8 @@ class YOLOv3Config:
     """The ``model.yolov3`` section. Defaults: the synthetic-shapes experiment of ``python tools/train_det.py``."""
 
     image_size: int = 128  # side of the square letterboxed input
-    neck_channels: list[int] = field(default_factory=lambda: [64, 128, 256])  # per level, stride 8 first (paper: 128, 256, 512)
+    # neck output channels per level, stride 8 first (the paper: 128, 256, 512)
+    neck_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
     anchors: list[list[float]] | None = None  # nine (w, h) in input pixels; None: the paper's, scaled from 416
     box_loss: str = field(default="ciou", metadata={"choices": BOX_LOSSES})
     ignore_threshold: float = 0.5

@@ -13,7 +13,7 @@ def test_warmup_then_cosine_and_step():
     assert f(0) == pytest.approx(0.01) and f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.01)
     assert f(5) == pytest.approx(0.01 + 0.99 * 5 / 10)
     assert f(55) == pytest.approx(0.01 + 0.99 * 0.5)  # half way through the cosine
-    step = lr_schedule("step", 10, epochs=10, milestones=[8, 9], gamma=0.1)
+    step = lr_schedule("step", 10, epochs=10, milestones=[80, 90], gamma=0.1)
     assert step(50) == 1.0 and step(79) == 1.0 and step(80) == pytest.approx(0.1) and step(95) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="schedule: 'linear' is not valid; valid choices: cosine, step"):
         lr_schedule("linear", 10, 10)
@@ -32,6 +32,22 @@ def test_the_detection_trainer_schedules_milestones_as_fractions_of_its_plan(tmp
     assert factor(9 * per_epoch) == pytest.approx(0.01)
     cut = trainer.lr_factor(5)  # a plan cut to 5 epochs: the milestones at 4 and 4.5 epochs
     assert cut(4 * per_epoch - 1) == 1.0 and cut(4 * per_epoch) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("milestones, epochs", [([0.85, 0.95], 10), ([0.8, 0.9], 7), ([1 / 3], 13)])
+def test_step_milestones_fall_where_they_did_before_the_shared_schedule(tmp_path, milestones, epochs):
+    """detlab 0.1 decayed at the first iteration >= m * total; fractional milestones included."""
+    from det_helpers import tiny_config
+
+    from detlab.engine import Trainer
+
+    settings = [f"train.epochs={epochs}", "train.schedule=step", "train.warmup_epochs=0",
+                f"train.milestones={milestones}", "data.synthetic_train=36"]  # 9 iterations per epoch
+    trainer = Trainer(tiny_config(tmp_path, *settings), print_fn=lambda *a: None)
+    total = epochs * trainer.iterations_per_epoch
+    factor = trainer.lr_factor(epochs)
+    for iteration in range(total):
+        assert factor(iteration) == pytest.approx(0.1 ** sum(iteration >= m * total for m in milestones)), iteration
 
 
 class Tiny(nn.Module):

@@ -26,7 +26,9 @@ def test_checkpoint_is_self_describing_and_weights_only_loadable(tiny_run):
         assert (tiny_run / name).exists(), name
     best = torch.load(tiny_run / "best.pt", weights_only=True)
     assert best["format"] == FORMAT and best["kind"] == "inference" and best["epoch"] == 1
-    assert set(best) == {"format", "detlab_version", "kind", "config", "class_names", "model", "epoch", "metric"}
+    assert set(best) == {"format", "detlab_version", "kind", "config", "class_names", "model", "weights", "epoch",
+                         "metric"}
+    assert best["weights"] == "ema"
     record = json.loads((tiny_run / "log.jsonl").read_text().splitlines()[-1])
     assert record["epoch"] == 1 and "mAP50" in record and "loss_obj" in record
     # TensorBoard holds the same figures as the JSONL log
@@ -46,9 +48,9 @@ class Unpicklable:
 
 def test_atomic_write_keeps_the_old_file_when_saving_fails(tmp_path):
     path = tmp_path / "c.pt"
-    save_checkpoint({"epoch": 1}, path)
+    save_checkpoint({"kind": "training", "epoch": 1}, path)
     with pytest.raises(RuntimeError, match="boom"):
-        save_checkpoint({"epoch": 2, "bad": Unpicklable()}, path)
+        save_checkpoint({"kind": "training", "epoch": 2, "bad": Unpicklable()}, path)
     assert load_checkpoint(path)["epoch"] == 1
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
@@ -99,6 +101,9 @@ def test_load_rejects_other_files(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "none.pt")
+    save_checkpoint({"epoch": 1}, tmp_path / "kindless.pt")
+    with pytest.raises(CheckpointError, match="kindless.pt: kind None is none of training, inference"):
+        load_checkpoint(tmp_path / "kindless.pt")
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -126,7 +131,8 @@ def test_resume_refuses_another_model_naming_the_key(tiny_run, tmp_path):
     with pytest.raises(CheckpointError, match=r"model.backbone: 'resnet18' there, 'resnet34' here"):
         other_backbone.resume(tiny_run / "last.pt")
     same = Trainer(tiny_config(tmp_path), print_fn=lambda *a: None)
-    with pytest.raises(CheckpointError, match=r"best.pt: it is an inference checkpoint .*resume from the run's last.pt"):
+    with pytest.raises(CheckpointError, match=r"best.pt: it is an inference checkpoint .*resume from the run's "
+                                              r"last.pt"):
         same.resume(tiny_run / "best.pt")
 
 
