@@ -113,8 +113,8 @@ class Trainer:
         """Continue from the training checkpoint ``path`` (written by a run of the same architecture and classes)."""
         state = load_checkpoint(path)
         if state["kind"] != "training":
-            raise CheckpointError(f"cannot resume from {path}: it is an inference checkpoint (weights only, as best.pt "
-                             f"is); resume from the run's last.pt")
+            raise CheckpointError(f"cannot resume from {path}: it is an inference checkpoint (weights only, as "
+                                  f"best.pt is); resume from the run's last.pt")
         theirs = config_from_dict(state["config"], source=f"checkpoint {path}")
         differ = architecture_differences(theirs.model, self.cfg.model)
         if differ or state["class_names"] != list(self.data.class_names):
