@@ -196,7 +196,8 @@ def test_train_det_cli_end_to_end(tmp_path):
     records = json.loads((tmp_path / "pred" / "detections.json").read_text())
     assert len(records) == 2 and (tmp_path / "pred" / "000000_pred.png").exists()
     broken = subprocess.run([sys.executable, str(ROOT / "tools" / "predict.py"), "--checkpoint",
-                             str(tmp_path / "best.pt"), "--images", str(tmp_path / "images" / "broken.png")],
+                             str(tmp_path / "best.pt"), "--images", str(tmp_path / "images" / "broken.png"),
+                             "--out-dir", str(tmp_path / "broken")],
                             capture_output=True, text=True, timeout=600)
     assert broken.returncode == 2 and "broken.png cannot be decoded" in broken.stderr
     bad = subprocess.run([sys.executable, str(ROOT / "tools" / "train_det.py"), "--set", "model.backbone=resnet19"],
