@@ -82,3 +82,65 @@ def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
     truths to anchors by shape alone (YOLO) and is the k-means distance of anchor fitting."""
     inter = torch.minimum(wh1[:, None], wh2[None, :]).prod(-1)
     return inter / (wh1.prod(-1)[:, None] + wh2.prod(-1)[None, :] - inter)
+
+
+def clip_boxes_to_image(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., 4) xyxy clipped to an image of ``size`` = (height, width) pixels."""
+    height, width = size
+    x = boxes[..., 0::2].clamp(min=0, max=width)
+    y = boxes[..., 1::2].clamp(min=0, max=height)
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
+def remove_small_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
+    """Indices (Tensor[K] int64) of the boxes (Tensor[N, 4]) whose width and height are both >= ``min_size``."""
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return torch.where((widths >= min_size) & (heights >= min_size))[0]
+
+
+#: Faster R-CNN's bound on the predicted log-scale change of a box: a box grows at most 1000/16 times per step.
+BOX_SCALE_CLAMP = math.log(1000.0 / 16)
+
+
+class BoxCoder:
+    """Box regression deltas of R-CNN: ``(dx, dy, dw, dh)`` of a box relative to a reference box (anchor or
+    proposal), ``dx = wx * (cx - ref_cx) / ref_w``, ``dw = ww * log(w / ref_w)``; the ``weights`` (wx, wy, ww, wh)
+    rescale the deltas to a similar spread (RPN: 1, 1, 1, 1; box head: 10, 10, 5, 5). Decoding clamps dw, dh at
+    ``scale_clamp`` so a wild prediction cannot overflow ``exp``."""
+
+    def __init__(self, weights: tuple[float, float, float, float], scale_clamp: float = BOX_SCALE_CLAMP):
+        self.weights = tuple(float(w) for w in weights)
+        self.scale_clamp = scale_clamp
+
+    def encode(self, boxes: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """boxes, reference (Tensor[N, 4] xyxy) -> deltas Tensor[N, 4] that turn ``reference`` into ``boxes``."""
+        wx, wy, ww, wh = self.weights
+        ref_w = reference[:, 2] - reference[:, 0]
+        ref_h = reference[:, 3] - reference[:, 1]
+        ref_x = reference[:, 0] + 0.5 * ref_w
+        ref_y = reference[:, 1] + 0.5 * ref_h
+        w = boxes[:, 2] - boxes[:, 0]
+        h = boxes[:, 3] - boxes[:, 1]
+        x = boxes[:, 0] + 0.5 * w
+        y = boxes[:, 1] + 0.5 * h
+        return torch.stack((wx * (x - ref_x) / ref_w, wy * (y - ref_y) / ref_h,
+                            ww * torch.log(w / ref_w), wh * torch.log(h / ref_h)), dim=1)
+
+    def decode(self, deltas: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """deltas (Tensor[N, 4 * K]: K boxes per reference, e.g. one per class), reference (Tensor[N, 4] xyxy) ->
+        boxes Tensor[N, K, 4] xyxy."""
+        reference = reference.to(deltas.dtype)
+        wx, wy, ww, wh = self.weights
+        ref_w = reference[:, 2] - reference[:, 0]
+        ref_h = reference[:, 3] - reference[:, 1]
+        ref_x = reference[:, 0] + 0.5 * ref_w
+        ref_y = reference[:, 1] + 0.5 * ref_h
+        deltas = deltas.reshape(deltas.shape[0], -1, 4)
+        dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy
+        dw = (deltas[..., 2] / ww).clamp(max=self.scale_clamp)
+        dh = (deltas[..., 3] / wh).clamp(max=self.scale_clamp)
+        x = dx * ref_w[:, None] + ref_x[:, None]
+        y = dy * ref_h[:, None] + ref_y[:, None]
+        half_w = 0.5 * (torch.exp(dw) * ref_w[:, None])
+        half_h = 0.5 * (torch.exp(dh) * ref_h[:, None])
+        return torch.stack((x - half_w, y - half_h, x + half_w, y + half_h), dim=2)

@@ -51,6 +51,23 @@ def test_data_and_eval_never_import_models_engine_or_api():
             assert not upward, (path, upward)
 
 
+def test_detlab_owns_its_detectors_and_never_imports_torchvisions_detection_models():
+    """torchvision supplies backbones, weights and (on request, DETLAB_OPS=torchvision) ops; the detectors are
+    detlab's. Its detector checkpoints are reached by weights name (torchvision.models.get_weight)."""
+    for path in sources(DETLAB):
+        borrowed = {name for name in imports_of(path) if name.startswith("torchvision.models.detection")}
+        assert not borrowed, (path, borrowed)
+        assert "torchvision.models.detection" not in path.read_text(), path
+
+
+def test_heads_and_necks_import_neither_models_nor_engine():
+    for folder in ("heads", "necks"):
+        for path in sources(DETLAB / folder):
+            upward = {name for name in imports_of(path)
+                      if name.startswith(("detlab.models", "detlab.engine", "detlab.api", "detlab.classify"))}
+            assert not upward, (path, upward)
+
+
 def test_optimizers_schedules_and_checkpoint_writes_exist_once():
     """Detection and classification share the engine's optimizer builder, LR schedule and atomic writer."""
     owners = {"torch.optim.SGD(": "engine/optim.py", "torch.optim.Adam(": "engine/optim.py",

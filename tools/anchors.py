@@ -48,7 +48,8 @@ def main(argv=None) -> int:
         current = getattr(model, "anchors", None)
         if current is None:
             raise ValueError(f"model.name {cfg.model.name!r} has no (w, h) anchors to fit: tools/anchors.py fits "
-                             f"YOLO-style anchors")
+                             f"YOLO-style anchors (Faster R-CNN's are sizes and aspect ratios per level: "
+                             f"model.faster_rcnn.anchor_sizes and .aspect_ratios)")
     except (FileNotFoundError, ValueError) as e:  # ConfigError and DataError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ class Backbone(nn.Module):
     Attributes:
         stages (nn.ModuleDict): the interface :mod:`detlab.transfer` relies on.
         out_channels (dict[str, int]): channels of each returned level.
+        stage_channels (dict[str, int]): channels of every level ``"c2"`` .. ``"c5"``, returned or not.
         strides (dict[str, int]): stride of each returned level.
         mean, std (tuple[float, float, float]): input normalisation the weights expect (RGB in [0, 1]).
         weights (str | None): what was loaded (set by :func:`detlab.backbones.load_weights`).
@@ -53,7 +54,8 @@ class Backbone(nn.Module):
         self.stages = nn.ModuleDict(stages)
         # Sorted so that the last level is also the last stage forward has to run.
         self.levels = tuple(sorted(levels, key=list(LEVEL_STRIDES).index))
-        self.out_channels = {level: dict(zip(LEVEL_STRIDES, stage_channels))[level] for level in self.levels}
+        self.stage_channels = dict(zip(LEVEL_STRIDES, stage_channels))
+        self.out_channels = {level: self.stage_channels[level] for level in self.levels}
         self.strides = {level: LEVEL_STRIDES[level] for level in self.levels}
         self.imagenet_weights = imagenet_weights
         preset = imagenet_weights.transforms()
@@ -74,6 +76,28 @@ class Backbone(nn.Module):
                 if name == self.levels[-1]:
                     break  # later stages would be computed for nothing
         return features
+
+    def forward_taps(self, images: torch.Tensor, taps: list[str]) -> list[torch.Tensor]:
+        """Feature maps at ``taps``, in execution order: a stage's output (``"c4"``) or the output of one block
+        inside a stage (``"c5.13"``: after child ``13`` of stage ``c5``, as torchvision's MobileNetV3 FPN reads
+        it). Stops after the last tap."""
+        wanted, outputs = set(taps), {}
+        x = images
+        for name, stage in self.stages.items():
+            if any(tap.startswith(name + ".") for tap in wanted):
+                for child_name, child in stage.named_children():
+                    x = child(x)
+                    if f"{name}.{child_name}" in wanted:
+                        outputs[f"{name}.{child_name}"] = x
+            else:
+                x = stage(x)
+            outputs[name] = x
+            if all(tap in outputs for tap in wanted):
+                break
+        missing = [tap for tap in taps if tap not in outputs]
+        if missing:
+            raise ValueError(f"backbone {self.name!r} has no feature map {missing}; stages: {', '.join(self.stages)}")
+        return [outputs[tap] for tap in taps]
 
     def torchvision_key(self, key: str) -> str:
         """Our state_dict key -> the key of the same tensor in the torchvision classification model."""

@@ -16,7 +16,7 @@ original pixels.
 
 from dataclasses import dataclass
 
-from detlab.data.transforms import Letterbox
+from detlab.data.transforms import Letterbox, Resize
 
 
 @dataclass(frozen=True)
@@ -39,3 +39,27 @@ class SquareLetterbox:
 
     def __str__(self) -> str:
         return f"letterboxed to {self.size}x{self.size}"
+
+
+@dataclass(frozen=True)
+class ShorterSide:
+    """Faster R-CNN's input: the short side resized to ``min_size`` unless the long side would pass ``max_size``
+    (aspect kept), each batch padded to its largest image, so batches group like-shaped images. Scale-jitter crops
+    back to ``min_size`` square (the model keeps an image that already fits its size rule as it is)."""
+
+    min_size: int
+    max_size: int
+    group_by_aspect = True
+
+    def resize(self) -> Resize:
+        return Resize(self.min_size, self.max_size)
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        return (self.min_size, self.min_size)
+
+    def scale(self, height: int, width: int) -> float:
+        return min(self.min_size / min(height, width), self.max_size / max(height, width))
+
+    def __str__(self) -> str:
+        return f"short side {self.min_size}, long side at most {self.max_size}"

@@ -52,7 +52,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.inputs = input_pipeline(cfg.model)  # the model family says how its images are shaped
         self.data = build_data(cfg.data, self.inputs, t.seed)
-        self.model = build_model(cfg.model, len(self.data.class_names))
+        self.model = build_model(cfg.model, len(self.data.class_names), list(self.data.class_names))
         apply_strategy(self.model, t.transfer)
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov,

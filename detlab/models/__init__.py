@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from detlab.models import yolov3
+from detlab.models import faster_rcnn, yolov3
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ class ModelFamily:
 
     Attributes:
         config: the dataclass of its ``model.<name>`` section.
-        build: ``build(model_config, num_classes) -> nn.Module``, ``model_config`` a
-            :class:`detlab.config.ModelConfig`.
+        build: ``build(model_config, num_classes, class_names=None) -> nn.Module``, ``model_config`` a
+            :class:`detlab.config.ModelConfig`; ``class_names`` (the dataset's, when known) lets pretrained
+            weights keep the predictor rows of the classes they share.
         inputs: ``inputs(model_config)`` -> its input pipeline (:mod:`detlab.data.inputs`).
         architecture_keys: the section's keys that define the architecture, compared by ``--resume`` and by
             checkpoint loading (besides the shared ``model.name`` and ``model.backbone``).
@@ -42,6 +43,8 @@ class ModelFamily:
 # model.name -> family
 MODELS = {
     "yolov3": ModelFamily(yolov3.YOLOv3Config, yolov3.build_yolov3, yolov3.yolov3_inputs, yolov3.ARCHITECTURE_KEYS),
+    "faster_rcnn": ModelFamily(faster_rcnn.FasterRCNNConfig, faster_rcnn.build_faster_rcnn,
+                               faster_rcnn.faster_rcnn_inputs, faster_rcnn.ARCHITECTURE_KEYS),
 }
 
 #: Shared ``model.*`` keys that define the architecture of every family.
@@ -55,9 +58,12 @@ def model_family(name: str) -> ModelFamily:
     return MODELS[name]
 
 
-def build_model(cfg, num_classes: int) -> nn.Module:
-    """The detector of a :class:`detlab.config.ModelConfig` with ``num_classes`` classes (labels 0..C-1)."""
-    return model_family(cfg.name).build(cfg, num_classes)
+def build_model(cfg, num_classes: int, class_names: list[str] | None = None) -> nn.Module:
+    """The detector of a :class:`detlab.config.ModelConfig` with ``num_classes`` classes (labels 0..C-1), named
+    ``class_names`` when given."""
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{num_classes} classes but {len(class_names)} class names")
+    return model_family(cfg.name).build(cfg, num_classes, class_names)
 
 
 def input_pipeline(cfg):

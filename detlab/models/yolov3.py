@@ -132,8 +132,9 @@ class YOLOv3(nn.Module):
         return (batch - self.mean) / self.std, moved
 
 
-def build_yolov3(cfg, num_classes: int) -> YOLOv3:
-    """A :class:`YOLOv3` from a :class:`detlab.config.ModelConfig` whose section is a :class:`YOLOv3Config`."""
+def build_yolov3(cfg, num_classes: int, class_names: list[str] | None = None) -> YOLOv3:
+    """A :class:`YOLOv3` from a :class:`detlab.config.ModelConfig` whose section is a :class:`YOLOv3Config`
+    (``class_names`` are not needed: its weights are a backbone's)."""
     section = cfg.yolov3
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, levels=LEVELS)
     loss = YOLOLoss(section.box_loss, section.ignore_threshold, section.multi_anchor_threshold)

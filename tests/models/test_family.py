@@ -30,7 +30,7 @@ class GroupedLetterbox(SquareLetterbox):
     group_by_aspect = True
 
 
-def build_toy(cfg, num_classes: int) -> YOLOv3:
+def build_toy(cfg, num_classes: int, class_names=None) -> YOLOv3:
     backbone = build_backbone(cfg.backbone, cfg.weights, LEVELS)
     return YOLOv3(backbone, num_classes, default_anchors(cfg.toy.size), cfg.toy.size, cfg.toy.neck, YOLOLoss(),
                   score_threshold=cfg.score_threshold)
