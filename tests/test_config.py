@@ -1,3 +1,4 @@
+import dataclasses
 import re
 from pathlib import Path
 
@@ -256,6 +257,20 @@ def test_shipped_configs_load_and_the_variants_inherit():
         recipe = loaded[name].train
         assert (recipe.optimizer, recipe.lr, recipe.momentum, recipe.backbone_lr_mult, recipe.time_limit) == (
             "sgd", 0.01, 0.937, 0.1, None), name
+    # Faster R-CNN: one recipe, the variants state what differs
+    r50 = loaded["faster_rcnn_resnet50_fpn_voc"]
+    assert (r50.model.name, r50.model.backbone, r50.model.weights) == ("faster_rcnn", "resnet50", "imagenet")
+    assert (r50.train.optimizer, r50.train.schedule, r50.train.transfer) == ("sgd", "step", "partial:3")
+    c4 = loaded["faster_rcnn_resnet50_c4_voc"]
+    assert c4.model.faster_rcnn.neck == "c4" and c4.train == dataclasses.replace(
+        r50.train, out_dir="runs/faster_rcnn_resnet50_c4_voc")
+    small = loaded["faster_rcnn_mobilenet_v3_large_320_fpn_coco"]
+    assert small.model.weights == "fasterrcnn_mobilenet_v3_large_320_fpn" and small.data.dataset == "coco"
+    assert (small.model.faster_rcnn.min_size, small.model.faster_rcnn.rpn_post_nms_top_n_test,
+            small.model.faster_rcnn.rpn_score_threshold, small.train.transfer) == (320, 150, 0.05, "partial:2")
+    cells = loaded["faster_rcnn_voc_cells"]
+    assert cells.data.dataset == "voc" and cells.model.faster_rcnn.min_size == 160 and cells.train.epochs == 8
+    assert cells.train.lr == loaded["yolov3_voc_cells"].train.lr  # the same budget as YOLOv3's voc-cells run
     # the data-only bases fit any model
     for path in sorted((CONFIGS / "datasets").glob("*.yaml")):
         assert load_config(path).model == ModelConfig()

@@ -91,9 +91,15 @@ def _load_torchvision_layout(backbone: Backbone, state: dict[str, torch.Tensor],
 
 
 def _check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str, name: str) -> None:
-    """Raise a ValueError listing every key and shape that differs between ``state`` and ``expected``.
+    check_state_fits(expected, state, f"{source} does not fit backbone {name!r}:")
 
-    ``num_batches_tracked`` may be absent (old torchvision files lack it); the model's own value is kept then.
+
+def check_state_fits(expected: dict[str, torch.Tensor], state: dict, header: str) -> None:
+    """Raise a ValueError (``header``, then the lists) naming every key and shape that differs between ``state``
+    and ``expected``, both in the file's key names.
+
+    ``num_batches_tracked`` may be absent (old torchvision files and torchvision's FrozenBatchNorm2d lack it); the
+    model's own value is kept then.
     """
     missing = sorted(k for k in expected.keys() - state.keys() if not k.endswith("num_batches_tracked"))
     unexpected = sorted(state.keys() - expected.keys())
@@ -104,7 +110,7 @@ def _check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor
     ]
     if not (missing or unexpected or mismatched):
         return
-    lines = [f"{source} does not fit backbone {name!r}:"]
+    lines = [header]
     for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
         if items:
             more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""

@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, Subset
 
 
 def collate(batch: Sequence[tuple]) -> tuple[list[torch.Tensor], list[dict]]:
@@ -32,9 +32,20 @@ def batch_images(images: Sequence[torch.Tensor], size_divisible: int = 32, fill:
 def aspect_ratio_groups(dataset: Dataset) -> list[int]:
     """Group id per image: 0 for landscape (w >= h), 1 for portrait, from ``dataset.image_sizes()`` (no image
     decoding). Two groups, as Detectron2 uses: batching like with like keeps padding small for two-stage models."""
+    return [0 if width >= height else 1 for height, width in image_sizes_of(dataset)]
+
+
+def image_sizes_of(dataset: Dataset) -> list[tuple[int, int]]:
+    """(height, width) per image of a detlab dataset, also through ``Subset`` (``data.max_train_images``) and
+    ``ConcatDataset``."""
+    if isinstance(dataset, Subset):
+        sizes = image_sizes_of(dataset.dataset)
+        return [sizes[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [size for part in dataset.datasets for size in image_sizes_of(part)]
     if not hasattr(dataset, "image_sizes"):
         raise TypeError(f"{type(dataset).__name__} has no image_sizes(); aspect-ratio grouping needs it")
-    return [0 if width >= height else 1 for height, width in dataset.image_sizes()]
+    return list(dataset.image_sizes())
 
 
 class GroupedBatchSampler(Sampler[list[int]]):

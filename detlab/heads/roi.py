@@ -131,6 +131,7 @@ class RoIHeads(nn.Module):
         if self.training:
             proposals, labels, box_targets = self.sample(proposals, targets)
         logits, deltas = self.box_predictor(self.box_head(self.pooler(features, proposals, image_sizes)))
+        logits, deltas = logits.float(), deltas.float()  # box maths and losses in float32, also under autocast
         if self.training:
             return self.loss(logits, deltas, labels, box_targets)
         return self.postprocess(logits, deltas, proposals, image_sizes)

@@ -95,11 +95,12 @@ class RegionProposalNetwork(nn.Module):
             ``{"loss_objectness", "loss_rpn_box_reg"}`` (else empty).
         """
         objectness, deltas = self.head(features)
-        anchors = self.anchor_generator(batch_shape, [f.shape[-2:] for f in features], features[0].dtype,
+        anchors = self.anchor_generator(batch_shape, [f.shape[-2:] for f in features], torch.float32,
                                         features[0].device)
         per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in objectness]
-        objectness = flatten_levels(objectness, 1).flatten(1)  # [B, A]
-        deltas = flatten_levels(deltas, 4)  # [B, A, 4]
+        # box maths and losses in float32 also under autocast: half precision cannot hold 1333-pixel coordinates
+        objectness = flatten_levels(objectness, 1).flatten(1).float()  # [B, A]
+        deltas = flatten_levels(deltas, 4).float()  # [B, A, 4]
         proposals = self.select_proposals(deltas.detach(), anchors, objectness.detach(), image_sizes, per_level)
         if not self.training:
             return proposals, {}

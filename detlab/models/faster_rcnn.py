@@ -28,6 +28,7 @@ from torch import nn
 
 from detlab.backbones import build_backbone
 from detlab.data.inputs import ShorterSide
+from detlab.data.loader import batch_images
 from detlab.heads.anchors import AnchorGenerator
 from detlab.heads.roi import C4Pooler, FastRCNNPredictor, FPNPooler, Res5Head, RoIHeads, TwoMLPHead
 from detlab.heads.rpn import RegionProposalNetwork, RPNHead
@@ -170,7 +171,8 @@ class FasterRCNN(nn.Module):
             originals.append(original)
             if targets is not None:
                 moved.append(self.move_target(targets[i], i, original, sizes[-1]))
-        return batch_images(prepared), sizes, originals, (moved if targets is not None else None)
+        batch, _ = batch_images(prepared, SIZE_DIVISIBLE)
+        return batch, sizes, originals, (moved if targets is not None else None)
 
     def resize(self, image: torch.Tensor) -> torch.Tensor:
         """Bilinear resize to the size rule as torchvision computes it; an image that already fits it (the
@@ -197,17 +199,6 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"targets[{index}]: labels must be in 0..{self.num_classes - 1}, got "
                              f"{labels.min().item()}..{labels.max().item()}")
         return {"boxes": resize_boxes(boxes, original, size), "labels": labels + 1}
-
-
-def batch_images(images: list[torch.Tensor]) -> torch.Tensor:
-    """Pad images (Tensor[3, H_i, W_i]) with zeros, bottom and right, into one Tensor[B, 3, H, W], H and W the
-    largest sizes rounded up to a multiple of 32."""
-    height = -(-max(image.shape[-2] for image in images) // SIZE_DIVISIBLE) * SIZE_DIVISIBLE
-    width = -(-max(image.shape[-1] for image in images) // SIZE_DIVISIBLE) * SIZE_DIVISIBLE
-    batch = images[0].new_zeros((len(images), 3, height, width))
-    for padded, image in zip(batch, images):
-        padded[:, : image.shape[-2], : image.shape[-1]].copy_(image)
-    return batch
 
 
 def resize_boxes(boxes: torch.Tensor, original, new) -> torch.Tensor:

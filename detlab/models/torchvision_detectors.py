@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 
 import torch
 
-_MAX_LISTED = 12
+from detlab.backbones.weights import check_state_fits
+
 PREDICTOR_KEYS = ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
                   "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias")
 
@@ -152,22 +153,12 @@ def load_into(model, detector, class_names: list[str] | None) -> None:
     state = {normalise_key(key): value for key, value in state.items()}
     mapping = torchvision_to_detlab_keys(model)
     ours = model.state_dict()
-    optional = {k for k, v in mapping.items() if v.endswith("num_batches_tracked")}  # torchvision's frozen BN lacks
-    missing = sorted(set(mapping) - set(state) - optional)
-    unexpected = sorted(set(state) - set(mapping))
     predictor = select_predictor_rows(state, categories, class_names, ours[PREDICTOR_KEYS[0]].shape[0])
-    mismatched = [f"{key}: file {tuple(value.shape)} vs model {tuple(ours[mapping[key]].shape)}"
-                  for key, value in state.items()
-                  if key in mapping and key not in PREDICTOR_KEYS and value.shape != ours[mapping[key]].shape]
-    if missing or unexpected or mismatched:
-        lines = [f"{source} does not fit this Faster R-CNN ({model.backbone.name}, "
-                 f"{'FPN' if model.neck is not None else 'C4'}):"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)):
-            if items:
-                more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-                lines.append(f"  {title} ({len(items)}): {', '.join(items[:_MAX_LISTED])}{more}")
-        raise ValueError("\n".join(lines))
+    # the predictor's rows may differ (other classes: it is replaced); everything else must fit exactly
+    expected = {key: ours[mine] for key, mine in mapping.items() if key not in PREDICTOR_KEYS}
+    given = {key: value for key, value in state.items() if key not in PREDICTOR_KEYS}
+    check_state_fits(expected, given, f"{source} does not fit this Faster R-CNN ({model.backbone.name}, "
+                                      f"{'FPN' if model.neck is not None else 'C4'}):")
     loaded = {mapping[key]: value for key, value in state.items() if key not in PREDICTOR_KEYS}
     loaded.update(predictor)
     model.load_state_dict({**ours, **loaded})

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import torch
-from torch.utils.data import Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import ConcatDataset, Dataset, RandomSampler, SequentialSampler, Subset
 
 from detlab.data import GroupedBatchSampler, SyntheticShapes, aspect_ratio_groups, batch_images, collate, make_loader
 
@@ -46,6 +46,15 @@ def test_grouped_batch_sampler_batches_like_aspect_together():
     assert all(len({groups[i] for i in b}) == 1 for b in batches)
     dropping = GroupedBatchSampler(SequentialSampler(dataset), groups, 2, drop_last=True)
     assert list(dropping) == [[0, 2], [1, 3], [4, 5]] and len(dropping) == 3
+
+
+def test_aspect_groups_reach_through_subset_and_concat():
+    """data.max_train_images wraps the training set in a Subset, several COCO splits are concatenated."""
+    first, second = _Sizes([(10, 20), (20, 10), (10, 20)]), _Sizes([(20, 10)])
+    assert aspect_ratio_groups(Subset(first, [2, 1])) == [0, 1]
+    assert aspect_ratio_groups(ConcatDataset([first, Subset(second, [0])])) == [0, 1, 0, 1]
+    loader = make_loader(Subset(first, [0, 1, 2]), batch_size=2, shuffle=False, num_workers=0, group_by_aspect=True)
+    assert [[t["index"] for t in targets] for _, targets in loader] == [[0, 2], [1]]
 
 
 def test_make_loader_groups_by_aspect_and_is_seeded():

@@ -1,6 +1,8 @@
 """Faster R-CNN's own behaviour (the torchvision comparison is in test_faster_rcnn_torchvision.py): its variants,
 the input transform, labels 0..C-1 at the boundary, images without boxes, zero-area boxes, and its config."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,9 +10,10 @@ from detlab.config import ConfigError, load_config
 from detlab.heads.anchors import AnchorGenerator
 from detlab.heads.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from detlab.models import architecture, build_model, input_pipeline
-from detlab.models.faster_rcnn import batch_images
+from detlab.data.loader import batch_images
 from detlab.transfer import FrozenBatchNorm2d, apply_strategy
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMALL = ["model.name=faster_rcnn", "model.faster_rcnn.min_size=96", "model.faster_rcnn.max_size=128",
          "model.faster_rcnn.fpn_channels=32", "model.faster_rcnn.representation_size=64",
          "model.faster_rcnn.anchor_sizes=[[16],[32],[64],[128],[256]]", "model.score_threshold=0.0"]
@@ -91,7 +94,7 @@ def test_the_input_transform_resizes_by_the_short_side_and_pads_to_32():
     # an image that already fits the rule (the training pipeline resized it) is kept as it is
     image = torch.rand(3, 96, 120)
     assert model.resize(image) is image
-    assert batch_images([torch.ones(3, 33, 65)]).shape == (1, 3, 64, 96)
+    assert batch_images([torch.ones(3, 33, 65)])[0].shape == (1, 3, 64, 96)
 
 
 def test_the_input_pipeline_resizes_training_images_as_the_model_does():
@@ -162,3 +165,26 @@ def test_pretrained_weights_freeze_the_backbone_batchnorm_as_torchvision_does(tm
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in small().backbone.modules())
     unfrozen = small(f"model.weights={path}", "model.faster_rcnn.frozen_batchnorm=false")
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in unfrozen.backbone.modules())
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("faster_rcnn_*.yaml")))
+def test_every_shipped_faster_rcnn_config_builds(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml", ["model.weights=null"])  # no download: the architecture only
+    model = build_model(cfg.model, 3)
+    assert model.neck is None if cfg.model.faster_rcnn.neck == "c4" else len(model.neck.inner_blocks) in (2, 4)
+
+
+def test_mixed_precision_computes_the_heads_in_bfloat16_and_the_box_maths_in_float32():
+    model = small("model.faster_rcnn.channels_last=false")
+    seen = {}
+    def record(module, inputs, output):  # returns None: the output stays as it is
+        seen.setdefault("rpn", output.dtype)
+
+    model.rpn.head.cls_logits.register_forward_hook(record)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model([torch.rand(3, 96, 96)], TARGETS[:1])
+        model.eval()
+        detections = model([torch.rand(3, 96, 96)])
+    assert seen["rpn"] == torch.bfloat16
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    assert detections[0]["boxes"].dtype == torch.float32
