@@ -1,6 +1,7 @@
 """Faster R-CNN's own behaviour (the torchvision comparison is in test_faster_rcnn_torchvision.py): its variants,
 the input transform, labels 0..C-1 at the boundary, images without boxes, zero-area boxes, and its config."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,8 @@ def test_c4_uses_res5_of_the_backbone_as_its_box_head_without_a_second_copy():
     assert any(key.startswith("backbone.stages.c5.") for key in keys)
     assert model.roi_heads.pooler.output_size == 14 and model.roi_heads.box_head.out_features == 512
     assert model.rpn.anchor_generator.num_anchors_per_location() == [15]
+    clone = copy.deepcopy(model)  # the EMA copy: its box head runs its own backbone's res5, not the original's
+    assert clone.roi_heads.box_head._backbone[0] is clone.backbone
     # a frozen backbone freezes the box head too: it is the backbone's c5
     apply_strategy(model, "feature_extract")
     assert not any(p.requires_grad for p in model.backbone.stages.c5.parameters())
