@@ -52,8 +52,11 @@ class GroupedBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` indices from ``sampler`` where all indices share a group id.
 
     Indices are taken in the sampler's order and each joins its group's pending batch, yielded when full; at the
-    end the partial batches are yielded too unless ``drop_last``. ``sampler`` must visit every index once per
-    epoch (Random/SequentialSampler), which makes ``len`` known in advance.
+    end the partial batches are yielded too unless ``drop_last``. With ``drop_last`` an epoch still has
+    ``len(sampler) // batch_size`` batches: the largest partial batches are completed with repeats of their own
+    images (torchvision's reference sampler does the same), so a group smaller than a batch (say 7 portrait images
+    with batch 8) is trained on rather than dropped every epoch. ``sampler`` must visit every index once per epoch
+    (Random/SequentialSampler), which makes ``len`` known in advance.
     """
 
     def __init__(self, sampler: Sampler, group_ids: Sequence[int], batch_size: int, drop_last: bool = False):
@@ -62,19 +65,26 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         pending: dict[int, list[int]] = {}
+        yielded = 0
         for index in self.sampler:
             group = pending.setdefault(self.group_ids[index], [])
             group.append(index)
             if len(group) == self.batch_size:
                 yield group[:]
+                yielded += 1
                 group.clear()
+        partial = sorted((group for group in pending.values() if group), key=len, reverse=True)
         if not self.drop_last:
-            yield from (group for group in pending.values() if group)
+            yield from partial
+            return
+        for group in partial[: len(self) - yielded]:
+            yield (group * self.batch_size)[: self.batch_size]
 
     def __len__(self) -> int:
         counts = np.bincount(self.group_ids)
-        full = counts // self.batch_size
-        return int(full.sum() if self.drop_last else (full + (counts % self.batch_size > 0)).sum())
+        if self.drop_last:
+            return int(counts.sum() // self.batch_size)
+        return int((counts // self.batch_size + (counts % self.batch_size > 0)).sum())
 
 
 def seed_worker(worker_id: int) -> None:

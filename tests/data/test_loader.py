@@ -48,6 +48,15 @@ def test_grouped_batch_sampler_batches_like_aspect_together():
     assert list(dropping) == [[0, 2], [1, 3], [4, 5]] and len(dropping) == 3
 
 
+def test_drop_last_completes_a_group_smaller_than_a_batch_instead_of_dropping_it():
+    groups = [0] * 9 + [1] * 7  # 9 landscape, 7 portrait images, batch 8
+    sampler = GroupedBatchSampler(SequentialSampler(range(16)), groups, 8, drop_last=True)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 2 and all(len(b) == 8 for b in batches)
+    assert batches[0] == list(range(8))
+    assert batches[1] == [9, 10, 11, 12, 13, 14, 15, 9]  # every portrait image, the first repeated
+
+
 def test_aspect_groups_reach_through_subset_and_concat():
     """data.max_train_images wraps the training set in a Subset, several COCO splits are concatenated."""
     first, second = _Sizes([(10, 20), (20, 10), (10, 20)]), _Sizes([(20, 10)])
