@@ -11,7 +11,7 @@ backbone, FPN, RPN and box head keep the checkpoint's weights. torchvision suppl
 """
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,24 +25,20 @@ PREDICTOR_KEYS = ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_pre
 
 @dataclass(frozen=True)
 class TorchvisionDetector:
-    """A torchvision detector checkpoint: its weights enum member, the detlab architecture it fits, and the
-    torchvision settings that go with it (``model.faster_rcnn.*``, set by the configs of ``configs/``)."""
+    """A torchvision detector checkpoint: its weights enum member and the detlab architecture it fits (the
+    torchvision settings that go with it, e.g. the 320 model's input size, are in the configs of ``configs/``)."""
 
     weights: str
     backbone: str
     neck: str = "fpn"
-    settings: dict = field(default_factory=dict)
 
 
 TORCHVISION_DETECTORS = {
     "fasterrcnn_resnet50_fpn": TorchvisionDetector("FasterRCNN_ResNet50_FPN_Weights.COCO_V1", "resnet50"),
     "fasterrcnn_mobilenet_v3_large_fpn": TorchvisionDetector(
-        "FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1", "mobilenet_v3_large",
-        settings={"rpn_score_threshold": 0.05}),
+        "FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1", "mobilenet_v3_large"),
     "fasterrcnn_mobilenet_v3_large_320_fpn": TorchvisionDetector(
-        "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1", "mobilenet_v3_large",
-        settings={"min_size": 320, "max_size": 640, "rpn_score_threshold": 0.05,
-                  "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150}),
+        "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1", "mobilenet_v3_large"),
 }
 
 #: torchvision detectors whose heads detlab does not build, and why.
