@@ -10,7 +10,7 @@ that is wrong in a file raises :class:`DataError` naming the file and the field.
 
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -35,6 +35,9 @@ class ImageRecord:
     boxes (float64[N, 4]): xyxy pixels, 0-based continuous coordinates (a box covering the whole image is
     ``0, 0, width, height``); labels (int64[N]): 0..C-1; difficult, iscrowd (bool[N]); area (float64[N]): COCO's
     segment area, or the box area where the format has none. ``source`` names the annotation file for messages.
+    ignore_boxes (float64[K, 4]): xyxy pixels of ignore regions (``data.ignore_classes``): class-agnostic areas
+    that are neither objects nor background; training samples nothing inside them and evaluation treats them as
+    crowd regions of every class.
     """
 
     image_path: Path
@@ -47,11 +50,13 @@ class ImageRecord:
     iscrowd: np.ndarray
     area: np.ndarray
     source: str
+    ignore_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
 
     def select(self, keep: np.ndarray) -> "ImageRecord":
-        """A copy holding only the objects where ``keep`` (bool[N]) is true."""
+        """A copy holding only the objects where ``keep`` (bool[N]) is true (ignore regions unchanged)."""
         return ImageRecord(self.image_path, self.image_id, self.width, self.height, self.boxes[keep],
-                           self.labels[keep], self.difficult[keep], self.iscrowd[keep], self.area[keep], self.source)
+                           self.labels[keep], self.difficult[keep], self.iscrowd[keep], self.area[keep], self.source,
+                           self.ignore_boxes)
 
 
 def make_record(image_path, image_id: int, width: int, height: int, boxes, labels, *, source: str,
@@ -180,6 +185,7 @@ def record_target(record: ImageRecord, include_difficult: bool = True, include_c
         "difficult": torch.as_tensor(record.difficult, dtype=torch.bool),
         "iscrowd": torch.as_tensor(record.iscrowd, dtype=torch.bool),
         "area": torch.as_tensor(record.area, dtype=torch.float32),
+        "ignore_boxes": torch.as_tensor(record.ignore_boxes, dtype=torch.float32).reshape(-1, 4),
     }
 
 
@@ -188,7 +194,8 @@ class DetectionDataset(Dataset):
 
     ``dataset[i]`` is ``(image, target)`` after ``transforms``: image Tensor[3, H, W] uint8 before transforms;
     target: boxes (float32[N, 4] xyxy pixels), labels (int64[N] in 0..C-1), image_id (int), orig_size
-    (int64[2]: height, width), difficult and iscrowd (bool[N]), area (float32[N]).
+    (int64[2]: height, width), difficult and iscrowd (bool[N]), area (float32[N]), ignore_boxes (float32[K, 4]
+    xyxy pixels: ignore regions, class-agnostic; empty unless ``data.ignore_classes`` names some).
 
     Args:
         include_difficult: keep VOC ``difficult`` objects (flagged; VOC eval ignores them) or leave them out.
