@@ -3,6 +3,8 @@
 ``boxes`` are ``(..., 4)`` xyxy absolute pixels; ``boxes_cxcywh`` are centre + size. Every overlap measure is
 written once, for aligned boxes of any broadcastable shape (:func:`aligned_iou`); the pairwise ``[N, M]`` versions
 (:func:`box_iou`, :func:`generalized_box_iou`, :func:`complete_box_iou`, equal to torchvision.ops') broadcast it.
+Intersection over a box's own area (:func:`aligned_ioa`, :func:`box_ioa`, :func:`mostly_inside`) decides which
+anchors, proposals and predictions an ignore region removes from training (MMDetection's ``ignore_iof_thr``).
 """
 
 import math
@@ -10,6 +12,9 @@ import math
 import torch
 
 IOU_KINDS = ("iou", "giou", "ciou")
+#: A box is "mostly inside" ignore regions when one of them covers at least this fraction of its area: then it is
+#: neither a positive nor a negative in training (MMDetection's ``ignore_iof_thr`` idea, with its usual 0.5).
+MOSTLY_INSIDE = 0.5
 
 
 def cxcywh_to_xyxy(boxes_cxcywh: torch.Tensor) -> torch.Tensor:
@@ -29,6 +34,12 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
+def _intersection(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """(..., 4), (..., 4) broadcastable -> (...) area of the overlap, 0 where the boxes do not meet."""
+    inter_wh = (torch.minimum(boxes1[..., 2:], boxes2[..., 2:]) - torch.maximum(boxes1[..., :2], boxes2[..., :2]))
+    return inter_wh.clamp(min=0).prod(-1)
+
+
 def aligned_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str = "iou", eps: float = 1e-7) -> torch.Tensor:
     """IoU, GIoU or CIoU of box ``boxes1[i]`` with ``boxes2[i]``.
 
@@ -42,8 +53,7 @@ def aligned_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str = "iou", e
     """
     if kind not in IOU_KINDS:
         raise ValueError(f"unknown IoU kind {kind!r}; valid choices: {', '.join(IOU_KINDS)}")
-    inter_wh = (torch.minimum(boxes1[..., 2:], boxes2[..., 2:]) - torch.maximum(boxes1[..., :2], boxes2[..., :2]))
-    inter = inter_wh.clamp(min=0).prod(-1)
+    inter = _intersection(boxes1, boxes2)
     union = box_area(boxes1) + box_area(boxes2) - inter
     iou = inter / (union + eps)
     if kind == "iou":
@@ -75,6 +85,36 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Ten
 def complete_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """boxes1 (Tensor[N, 4]), boxes2 (Tensor[M, 4]) -> CIoU Tensor[N, M]."""
     return aligned_iou(boxes1[:, None], boxes2[None, :], "ciou")
+
+
+def aligned_ioa(boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Intersection of ``boxes[i]`` with ``regions[i]`` over the area of ``boxes[i]`` (COCO's "IoU" with a crowd
+    region, MMDetection's ``iof``): how much of the box lies inside the region.
+
+    Args:
+        boxes, regions (Tensor[..., 4]): xyxy, broadcastable against each other.
+
+    Returns:
+        Tensor[...] in [0, 1]; 0 for an empty box (it covers nothing, so nothing of it is inside).
+    """
+    # exact division (no eps added to the area), so a box exactly half inside gives exactly 0.5; the clamp only
+    # turns 0 / 0 of an empty box into 0
+    return _intersection(boxes, regions) / box_area(boxes).clamp(min=torch.finfo(boxes.dtype).tiny)
+
+
+def box_ioa(boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """boxes (Tensor[N, 4]), regions (Tensor[K, 4]) -> Tensor[N, K]: the fraction of box n inside region k."""
+    return aligned_ioa(boxes[:, None], regions[None, :])
+
+
+def mostly_inside(boxes: torch.Tensor, regions: torch.Tensor, threshold: float = MOSTLY_INSIDE) -> torch.Tensor:
+    """Which boxes lie mostly inside some region: boxes (Tensor[..., N, 4]), regions (Tensor[..., K, 4], the same
+    leading dims or broadcastable, e.g. per image; an all-zero row is no region) -> bool Tensor[..., N], true where
+    the :func:`aligned_ioa` with one region is >= ``threshold``. Each region counts on its own: two regions each
+    covering 30 % of a box do not make it inside."""
+    if regions.shape[-2] == 0:
+        return torch.zeros(boxes.shape[:-1], dtype=torch.bool, device=boxes.device)
+    return aligned_ioa(boxes[..., :, None, :], regions[..., None, :, :].to(boxes)).amax(-1) >= threshold
 
 
 def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:

@@ -50,3 +50,19 @@ def test_wh_iou():
 def test_unknown_kind_lists_choices():
     with pytest.raises(ValueError, match="iou, giou, ciou"):
         B.aligned_iou(random_boxes(1, 0), random_boxes(1, 1), "diou")
+
+
+def test_intersection_over_own_area_and_mostly_inside():
+    box = torch.tensor([[0.0, 0, 10, 10]])
+    regions = torch.tensor([[5.0, 0, 20, 10], [-5, -5, 100, 100], [20, 20, 30, 30], [0, 0, 2.5, 10]])
+    # half of the box, all of it (the region is larger: IoU would be 100 / 11025), none, a quarter
+    assert B.box_ioa(box, regions).tolist() == [[0.5, 1.0, 0.0, 0.25]]
+    assert B.box_ioa(torch.tensor([[4.0, 4, 4, 9]]), regions).tolist() == [[0.0] * 4]  # an empty box: 0, not NaN
+    assert B.mostly_inside(box, regions[:1]).tolist() == [True]  # exactly half: inside (>= 0.5)
+    # two regions covering a quarter each do not add up
+    assert B.mostly_inside(box, torch.tensor([[0.0, 0, 2.5, 10], [7.5, 0, 10, 10]])).tolist() == [False]
+    assert B.mostly_inside(box, torch.zeros(0, 4)).tolist() == [False]
+    # per image: boxes [B, N, 4] against each image's own regions [B, K, 4], all-zero rows padding
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [50, 50, 60, 60]], [[0, 0, 10, 10], [50, 50, 60, 60]]])
+    per_image = torch.tensor([[[0.0, 0, 20, 20], [0, 0, 0, 0]], [[45.0, 45, 70, 70], [0, 0, 0, 0]]])
+    assert B.mostly_inside(boxes, per_image).tolist() == [[True, False], [False, True]]

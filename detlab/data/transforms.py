@@ -3,7 +3,9 @@
 Every transform is a callable ``(image, target) -> (image, target)``: image a Tensor[3, H, W], uint8 or float in
 [0, 1] (pixel work is torchvision's ``transforms.v2.functional``, which takes both); target the dataset's dict.
 Geometric transforms move ``boxes`` (Tensor[N, 4] xyxy pixels) with the pixels, drop objects that leave the image
-from every per-object field (``PER_OBJECT_KEYS``), and compose ``target["scale"]`` (Tensor[2]: sx, sy) and
+from every per-object field (``PER_OBJECT_KEYS``), move ``ignore_boxes`` (Tensor[K, 4], ignore regions; optional)
+the same way -- clipped, a region left empty dropped, but no ``min_visible``: any part of a region still marks
+pixels that are neither object nor background -- and compose ``target["scale"]`` (Tensor[2]: sx, sy) and
 ``target["offset"]`` (Tensor[2]: tx, ty) such that ``current = original * scale + offset`` per axis.
 :func:`to_original_boxes` inverts that, e.g. to map predictions on a letterboxed image back to the original pixels
 (for :class:`Letterbox` ``scale`` is the resize factor and ``offset`` the padding).
@@ -22,6 +24,8 @@ from torchvision.transforms.v2 import functional as F
 from detlab.data.records import clip_boxes, nonempty_boxes
 
 PER_OBJECT_KEYS = ("boxes", "labels", "difficult", "iscrowd", "area")
+#: The targets' box fields a geometric transform moves with the pixels (each optional).
+BOX_KEYS = ("boxes", "ignore_boxes")
 
 
 class Compose:
@@ -63,15 +67,26 @@ def _keep_objects(target: dict, keep: torch.Tensor) -> dict:
     return {k: (v[keep] if k in PER_OBJECT_KEYS else v) for k, v in target.items()}
 
 
-def _place_boxes(target: dict, boxes: torch.Tensor, width: int, height: int, min_visible: float) -> dict:
-    """Set ``boxes`` (already moved to the new image) clipped to ``width x height``; objects keeping less than
-    ``min_visible`` of their area (or none) are dropped, and ``area`` shrinks with the visible fraction."""
+def _move_boxes(target: dict, move) -> dict:
+    """A copy of ``target`` with ``move`` (Tensor[N, 4] -> Tensor[N, 4] xyxy) applied to each of ``BOX_KEYS`` it
+    holds: objects and ignore regions follow the pixels alike."""
+    return dict(target, **{key: move(target[key]) for key in BOX_KEYS if key in target})
+
+
+def _place_boxes(target: dict, width: int, height: int, min_visible: float) -> dict:
+    """Clip the boxes (already moved to the new image) to ``width x height``; objects keeping less than
+    ``min_visible`` of their area (or none) are dropped, and ``area`` shrinks with the visible fraction. Ignore
+    regions are clipped too, and dropped only when nothing of them is left."""
+    boxes = target["boxes"]
     before = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     clipped = clip_boxes(boxes, width, height)
     visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1]) / before.clamp(min=1e-12)
     target = dict(target, boxes=clipped)
     if "area" in target:
         target["area"] = target["area"] * visible
+    if "ignore_boxes" in target:
+        regions = clip_boxes(target["ignore_boxes"], width, height)
+        target["ignore_boxes"] = regions[nonempty_boxes(regions)]
     return _keep_objects(target, nonempty_boxes(clipped) & (visible >= min_visible))
 
 
@@ -79,7 +94,8 @@ def _resize(image, target: dict, height: int, width: int):
     """Resize to exactly ``height x width``, boxes and area following."""
     sx, sy = width / image.shape[-1], height / image.shape[-2]
     image = F.resize(image, [height, width], antialias=True)
-    target = dict(target, boxes=target["boxes"] * torch.tensor([sx, sy, sx, sy]))
+    factors = torch.tensor([sx, sy, sx, sy])
+    target = _move_boxes(target, lambda boxes: boxes * factors)
     if "area" in target:
         target["area"] = target["area"] * (sx * sy)
     _compose_affine(target, (sx, sy), (0.0, 0.0))
@@ -92,9 +108,7 @@ def _resize(image, target: dict, height: int, width: int):
 def horizontal_flip(image, target):
     """Mirror left-right: ``x -> W - x``; applying it twice is the identity."""
     width = image.shape[-1]
-    boxes = target["boxes"]
-    flipped = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-    target = dict(target, boxes=flipped)
+    target = _move_boxes(target, lambda b: torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1))
     _compose_affine(target, (-1.0, 1.0), (float(width), 0.0))
     return F.horizontal_flip(image), target
 
@@ -143,7 +157,8 @@ class Letterbox:
         fill = self.fill if image.dtype == torch.uint8 else self.fill / 255.0
         canvas = torch.full((image.shape[0], self.size, self.size), fill, dtype=image.dtype)
         canvas[:, top : top + new_h, left : left + new_w] = image
-        target = dict(target, boxes=target["boxes"] + torch.tensor([left, top, left, top], dtype=torch.float32))
+        shift = torch.tensor([left, top, left, top], dtype=torch.float32)
+        target = _move_boxes(target, lambda boxes: boxes + shift)
         _compose_affine(target, (1.0, 1.0), (float(left), float(top)))
         return canvas, target
 
@@ -174,8 +189,8 @@ class RandomCrop:
         top = int(torch.randint(height - crop_h + 1, (), generator=self.generator))
         left = int(torch.randint(width - crop_w + 1, (), generator=self.generator))
         image = image[:, top : top + crop_h, left : left + crop_w]
-        boxes = target["boxes"] - torch.tensor([left, top, left, top], dtype=torch.float32)
-        target = _place_boxes(target, boxes, crop_w, crop_h, self.min_visible)
+        shift = torch.tensor([left, top, left, top], dtype=torch.float32)
+        target = _place_boxes(_move_boxes(target, lambda boxes: boxes - shift), crop_w, crop_h, self.min_visible)
         _compose_affine(target, (1.0, 1.0), (-float(left), -float(top)))
         return image, target
 
@@ -183,7 +198,8 @@ class RandomCrop:
 class RandomRotation:
     """Rotate by a random angle in ``[-degrees, degrees]`` about the centre (size kept, corners filled with
     ``fill``): the seeds' RandomRotation made box-correct. A box becomes the box of its rotated corners (it
-    still bounds the object, a little loosely), clipped, and dropped under ``min_visible``. Training only:
+    still bounds the object, a little loosely), clipped, and dropped under ``min_visible``; an ignore region
+    likewise (a little more is ignored, never less). Training only:
     the rotation is not an axis-aligned map, so ``scale``/``offset`` become NaN and :func:`to_original_boxes`
     refuses."""
 
@@ -196,17 +212,21 @@ class RandomRotation:
         height, width = image.shape[-2:]
         fill = self.fill if image.dtype == torch.uint8 else self.fill / 255.0
         image = F.rotate(image, angle, fill=[fill] * image.shape[0])
-        # torchvision turns counter-clockwise on screen about the image centre; y points down, hence the signs
-        a = math.radians(angle)
-        cx, cy = width / 2, height / 2
-        b = target["boxes"]
-        xs = torch.stack([b[:, 0], b[:, 2], b[:, 2], b[:, 0]], dim=1) - cx
-        ys = torch.stack([b[:, 1], b[:, 1], b[:, 3], b[:, 3]], dim=1) - cy
-        rx, ry = cx + xs * math.cos(a) + ys * math.sin(a), cy - xs * math.sin(a) + ys * math.cos(a)
-        boxes = torch.stack([rx.min(1).values, ry.min(1).values, rx.max(1).values, ry.max(1).values], dim=1)
-        target = _place_boxes(target, boxes, width, height, self.min_visible)
+        target = _move_boxes(target, lambda boxes: _rotated_bounds(boxes, angle, width / 2, height / 2))
+        target = _place_boxes(target, width, height, self.min_visible)
         _compose_affine(target, (math.nan, math.nan), (math.nan, math.nan))
         return image, target
+
+
+def _rotated_bounds(boxes: torch.Tensor, angle: float, cx: float, cy: float) -> torch.Tensor:
+    """boxes (Tensor[N, 4]) -> Tensor[N, 4]: the box bounding each one's corners turned by ``angle`` degrees about
+    (cx, cy) as torchvision's ``rotate`` turns the pixels (counter-clockwise on screen; y points down, hence the
+    signs)."""
+    a = math.radians(angle)
+    xs = torch.stack([boxes[:, 0], boxes[:, 2], boxes[:, 2], boxes[:, 0]], dim=1) - cx
+    ys = torch.stack([boxes[:, 1], boxes[:, 1], boxes[:, 3], boxes[:, 3]], dim=1) - cy
+    rx, ry = cx + xs * math.cos(a) + ys * math.sin(a), cy - xs * math.sin(a) + ys * math.cos(a)
+    return torch.stack([rx.min(1).values, ry.min(1).values, rx.max(1).values, ry.max(1).values], dim=1)
 
 
 def to_original_boxes(boxes: torch.Tensor, target: dict) -> torch.Tensor:

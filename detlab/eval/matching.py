@@ -1,8 +1,13 @@
-"""Shared pieces of VOC and COCO matching: input conversion, (detection, ground truth) pairs, pair IoU.
+"""Shared pieces of VOC and COCO matching: input conversion, (detection, ground truth) pairs, pair IoU, ignore
+regions.
 
 Both metrics match a detection only to ground truths of the same image and class. Instead of looping over
 (image, class) groups, every detection is paired with every ground truth of its group in one vectorised step,
 and the IoU of all pairs is computed at once with the arithmetic of pycocotools' ``maskApi.c: bbIou``.
+
+Ignore regions (a target's ``ignore_boxes``) are crowd regions of every class: a detection not matched to a real
+ground truth that they cover (intersection over the detection's area, COCO's crowd "IoU") is neither a true nor a
+false positive.
 """
 
 from __future__ import annotations
@@ -55,6 +60,31 @@ def stack_per_image(per_image: list, fields: tuple, defaults: dict, what: str) -
     image = np.repeat(np.arange(len(per_image)), counts)
     empty = {f: np.zeros((0, 4) if f == "boxes" else 0) for f in fields}
     return image, {f: np.concatenate(v) if v else empty[f] for f, v in columns.items()}
+
+
+def stack_ignore_regions(targets: list) -> tuple[np.ndarray, np.ndarray]:
+    """Every target's ignore regions (``ignore_boxes``: Tensor[K_i, 4] xyxy pixels; absent: none) ->
+    image index (int64[K]) and boxes (float64[K, 4] xyxy)."""
+    per_image = [as_numpy(t["ignore_boxes"], np.float64).reshape(-1, 4) if "ignore_boxes" in t
+                 else np.zeros((0, 4)) for t in targets]
+    image = np.repeat(np.arange(len(per_image)), [len(boxes) for boxes in per_image]).astype(np.int64)
+    return image, np.concatenate(per_image) if per_image else np.zeros((0, 4))
+
+
+def inside_regions(det_image: np.ndarray, det_xywh: np.ndarray, region_image: np.ndarray,
+                   region_xywh: np.ndarray, threshold: float) -> np.ndarray:
+    """bool[D]: detection d's intersection with one ignore region of its image, over its own area, is above
+    ``threshold`` (strictly).
+
+    Args:
+        det_image (int64[D]), det_xywh (float64[D, 4]): detections; region_image (int64[K]), region_xywh
+            (float64[K, 4]): ignore regions, x, y, w, h.
+    """
+    pair_det, pair_region, _ = group_pairs(det_image, region_image)
+    ioa = pair_iou(det_xywh[pair_det], region_xywh[pair_region], np.ones(len(pair_det), dtype=bool))
+    inside = np.zeros(len(det_image), dtype=bool)
+    inside[pair_det[ioa > threshold]] = True
+    return inside
 
 
 def group_pairs(det_group: np.ndarray, gt_group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -7,6 +7,14 @@ if that ground truth is not difficult and not yet taken, nothing if it is diffic
 Difficult ground truths do not count as positives. Since matches never cross images, the greedy pass reduces
 to "the best-scoring detection on each ground truth wins", computed for all images at once.
 
+Ignore regions (a target's ``ignore_boxes``, class-agnostic): a detection that would be a false positive -- no
+ground truth above the threshold, or a duplicate on a taken one -- is nothing instead when its intersection with
+one region of its image, over the detection's own area, is above the threshold (strictly, as every VOC
+comparison). That is COCO's crowd rule rather than VOC's difficult one (plain IoU), so that a small detection
+inside a large region is ignored; a detection is first matched to the real ground truths, as COCO does. Where
+VOC's and COCO's matching agree (ground truths that do not overlap), the detections it ignores are those
+pycocotools ignores with the regions given as ``iscrowd`` annotations of every class.
+
 Differences from the devkit, on purpose: detections with equal scores keep their input order (the devkit's
 quicksort leaves it unspecified); a class without positives gets AP NaN and is left out of mAP.
 """
@@ -17,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .matching import as_numpy, group_pairs, pair_iou, stack_per_image, xyxy_to_xywh
+from .matching import (as_numpy, group_pairs, inside_regions, pair_iou, stack_ignore_regions, stack_per_image,
+                       xyxy_to_xywh)
 
 
 @dataclass
@@ -93,8 +102,10 @@ def evaluate_voc(
 
     Args:
         predictions: per image, boxes (Tensor[N, 4]) xyxy pixels, scores (Tensor[N]), labels (Tensor[N]) 0..C-1.
-        targets: per image, boxes (Tensor[M, 4]), labels (Tensor[M]), optionally difficult (Tensor[M] bool).
-        iou_threshold: a detection matches when IoU > iou_threshold.
+        targets: per image, boxes (Tensor[M, 4]), labels (Tensor[M]), optionally difficult (Tensor[M] bool) and
+            ignore_boxes (Tensor[K, 4] xyxy pixels: ignore regions of every class, see the module docstring).
+        iou_threshold: a detection matches when IoU > iou_threshold (an ignore region covers it when
+            intersection / detection area > iou_threshold).
         plus_one: the devkit's inclusive-pixel convention (width = x2 - x1 + 1), for boxes in VOC's
             1-based inclusive pixel coordinates; default False: continuous coordinates, as the rest of detlab.
     """
@@ -107,15 +118,15 @@ def evaluate_voc(
     for name, labels in (("targets", gt_labels), ("predictions", det_labels)):
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"{name}: field 'labels' must lie in 0..{num_classes - 1}")
-    offset = 1.0 if plus_one else 0.0
-    gt_xywh, det_xywh = xyxy_to_xywh(gt["boxes"]), xyxy_to_xywh(det["boxes"])
-    gt_xywh[:, 2:] += offset
-    det_xywh[:, 2:] += offset
+    region_image, regions = stack_ignore_regions(targets)
+    gt_xywh, det_xywh, region_xywh = xyxy_to_xywh(gt["boxes"]), xyxy_to_xywh(det["boxes"]), xyxy_to_xywh(regions)
+    for xywh in (gt_xywh, det_xywh, region_xywh):
+        xywh[:, 2:] += 1.0 if plus_one else 0.0
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     return _evaluate(
         (gt_image, gt_labels, gt_xywh, gt["difficult"].astype(bool)),
         (det_image, det_labels, det_xywh, det["scores"].astype(np.float64)),
-        names, iou_threshold,
+        names, iou_threshold, (region_image, region_xywh),
     )  # fmt: skip
 
 
@@ -128,9 +139,11 @@ def evaluate_voc_coco(gt, dets, iou_threshold: float = 0.5) -> VocResult:
     )  # fmt: skip
 
 
-def _evaluate(gt: tuple, det: tuple, class_names: list, iou_threshold: float) -> VocResult:
+def _evaluate(gt: tuple, det: tuple, class_names: list, iou_threshold: float, regions: tuple | None = None
+              ) -> VocResult:
     """gt = (image int64[G], label int64[G], boxes_xywh float64[G, 4], difficult bool[G]);
-    det = (image int64[D], label int64[D], boxes_xywh float64[D, 4], scores float64[D])."""
+    det = (image int64[D], label int64[D], boxes_xywh float64[D, 4], scores float64[D]);
+    regions = (image int64[K], boxes_xywh float64[K, 4]): ignore regions, or None."""
     gt_image, gt_labels, gt_xywh, difficult = gt
     det_image, det_labels, det_xywh, scores = det
     num_classes = len(class_names)
@@ -141,6 +154,8 @@ def _evaluate(gt: tuple, det: tuple, class_names: list, iou_threshold: float) ->
         det_image * num_classes + det_labels, gt_image * num_classes + gt_labels, det_xywh, gt_xywh,
         difficult, iou_threshold,
     )  # fmt: skip
+    if regions is not None:
+        fp &= ~inside_regions(det_image, det_xywh, *regions, iou_threshold)
     num_positives = np.bincount(gt_labels[~difficult], minlength=num_classes)
     bounds = np.searchsorted(det_labels, np.arange(num_classes + 1))
     ap11, ap_area, recalls, precisions = [], [], [], []

@@ -3,9 +3,18 @@ by IoU, a :class:`BalancedSampler` picks the positives and negatives a loss is c
 
 Both follow torchvision's ``Matcher`` / ``BalancedPositiveNegativeSampler`` step for step (the sampler draws with
 ``torch.randperm`` in the same order), so with the same seed they pick the same anchors and proposals.
+
+Ignore regions (``target["ignore_boxes"]``): :func:`ignore_negatives_in_regions` turns the negatives lying mostly
+inside one (intersection over the element's own area >= :data:`detlab.boxes.MOSTLY_INSIDE`, MMDetection's
+``MaxIoUAssigner(ignore_iof_thr=...)`` with its default ``ignore_wrt_candidates``) into ignored elements, which
+the sampler never draws. Positives stay positives (MMDetection drops them too; here a ground truth inside a region
+is still a real, annotated object), and ignore regions are never matched: they are not ground truth. Without
+regions the labels are untouched, so the sampler's random draws are torchvision's.
 """
 
 import torch
+
+from detlab.boxes import mostly_inside
 
 #: ``Matcher`` results for an element matched to no ground truth.
 BELOW_LOW_THRESHOLD = -1  # IoU < low threshold: background
@@ -37,6 +46,16 @@ class Matcher:
             elements = torch.where(iou == best_per_truth[:, None])[1]
             matches[elements] = all_matches[elements]
         return matches
+
+
+def ignore_negatives_in_regions(labels: torch.Tensor, boxes: torch.Tensor, target: dict) -> torch.Tensor:
+    """labels (Tensor[N], any dtype: >= 1 positive, 0 negative, -1 ignored) of ``boxes`` (Tensor[N, 4], anchors or
+    proposals) -> the labels with every negative mostly inside one of ``target["ignore_boxes"]`` (Tensor[K, 4], the
+    same pixels; absent or empty: none) set to -1."""
+    regions = target.get("ignore_boxes")
+    if regions is None or len(regions) == 0:
+        return labels
+    return labels.masked_fill((labels == 0) & mostly_inside(boxes, regions), -1)
 
 
 class BalancedSampler:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from detlab.boxes import BoxCoder, aligned_iou, clip_boxes_to_image, remove_small_boxes
-from detlab.heads.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
+from detlab.heads.matching import (BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher,
+                                   ignore_negatives_in_regions)
 from detlab.ops import batched_nms, multiscale_roi_align, roi_align
 
 #: A detection narrower or lower than this (input pixels) is dropped before NMS.
@@ -100,7 +101,8 @@ class RoIHeads(nn.Module):
     Args:
         pooler, box_head, predictor: the modules above.
         fg_iou, bg_iou: a proposal is foreground at IoU >= ``fg_iou`` with a ground truth, background below
-            ``bg_iou``.
+            ``bg_iou`` unless it lies mostly inside an ignore region (then ignored: never sampled, see
+            :func:`~detlab.heads.matching.ignore_negatives_in_regions`).
         batch_size_per_image, positive_fraction: proposals sampled per image for the loss.
         score_threshold, nms_threshold, detections_per_image: inference post-processing (per-class NMS).
         box_weights: the :class:`BoxCoder` weights of the box deltas.
@@ -122,7 +124,8 @@ class RoIHeads(nn.Module):
         """
         Args:
             features: the levels the pooler reads; proposals: per image Tensor[P_i, 4] input pixels.
-            targets: in training, per image ``{"boxes": Tensor[M_i, 4], "labels": Tensor[M_i] in 1..C}``.
+            targets: in training, per image ``{"boxes": Tensor[M_i, 4], "labels": Tensor[M_i] in 1..C}``,
+                optionally ``"ignore_boxes"`` (Tensor[K_i, 4], the same pixels).
 
         Returns:
             train: ``{"loss_classifier", "loss_box_reg"}``; eval: per image ``{"boxes", "scores", "labels"}`` with
@@ -154,7 +157,7 @@ class RoIHeads(nn.Module):
                 labels[raw == BELOW_LOW_THRESHOLD] = 0
                 labels[raw == BETWEEN_THRESHOLDS] = -1
             all_proposals.append(boxes)
-            all_labels.append(labels)
+            all_labels.append(ignore_negatives_in_regions(labels, boxes, target))
             all_matches.append(matches)
         positive, negative = self.sampler(all_labels)
         for boxes, labels, matches, pos, neg, target in zip(all_proposals, all_labels, all_matches, positive,
@@ -172,6 +175,9 @@ class RoIHeads(nn.Module):
         """Cross-entropy over the sampled proposals; smooth-L1 (beta 1/9) of the foreground ones' deltas of their
         class, summed and divided by the number sampled."""
         labels, box_targets = torch.cat(labels), torch.cat(box_targets)
+        if labels.numel() == 0:  # every proposal ignored (images wholly inside ignore regions): nothing to learn
+            zero = logits.sum() * 0.0 + deltas.sum() * 0.0
+            return {"loss_classifier": zero, "loss_box_reg": zero}
         classifier_loss = F.cross_entropy(logits, labels)
         foreground = torch.where(labels > 0)[0]
         deltas = deltas.reshape(deltas.shape[0], -1, 4)

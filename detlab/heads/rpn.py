@@ -12,7 +12,8 @@ from torch import nn
 
 from detlab.boxes import BoxCoder, aligned_iou, clip_boxes_to_image, remove_small_boxes
 from detlab.heads.anchors import AnchorGenerator
-from detlab.heads.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
+from detlab.heads.matching import (BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher,
+                                   ignore_negatives_in_regions)
 from detlab.ops import batched_nms
 
 #: A proposal narrower or lower than this (input pixels) is dropped before NMS.
@@ -60,7 +61,8 @@ class RegionProposalNetwork(nn.Module):
     Args:
         anchor_generator, head: the anchors and the :class:`RPNHead` (one anchor count per location).
         fg_iou, bg_iou: an anchor is positive at IoU >= ``fg_iou`` with a ground truth (or as its best anchor),
-            negative below ``bg_iou``, ignored between.
+            negative below ``bg_iou``, ignored between, and ignored as well when it would be negative but lies
+            mostly inside an ignore region (:func:`~detlab.heads.matching.ignore_negatives_in_regions`).
         batch_size_per_image, positive_fraction: anchors sampled per image for the loss, at most that fraction
             positive.
         pre_nms_top_n, post_nms_top_n: ``{"training": n, "testing": n}``: the best anchors kept per level before
@@ -88,7 +90,8 @@ class RegionProposalNetwork(nn.Module):
         Args:
             features: the levels the RPN reads, Tensor[B, C, H_l, W_l] each.
             batch_shape: (height, width) of the padded batch; image_sizes: each image's (height, width) in it.
-            targets: in training, per image ``{"boxes": Tensor[M_i, 4]}`` in input pixels.
+            targets: in training, per image ``{"boxes": Tensor[M_i, 4]}`` in input pixels, optionally
+                ``"ignore_boxes"`` (Tensor[K_i, 4], the same pixels).
 
         Returns:
             proposals (per image Tensor[P_i, 4] xyxy input pixels, best first), and in training
@@ -146,15 +149,15 @@ class RegionProposalNetwork(nn.Module):
         for target in targets:
             truths = target["boxes"]
             if truths.numel() == 0:  # an image without objects: every anchor is a negative
-                labels.append(anchors.new_zeros(anchors.shape[0]))
+                label = anchors.new_zeros(anchors.shape[0])
                 matched.append(torch.zeros_like(anchors))
-                continue
-            matches = self.matcher(aligned_iou(truths[:, None], anchors[None], "iou", eps=0.0))
-            matched.append(truths[matches.clamp(min=0)])
-            label = (matches >= 0).to(anchors.dtype)
-            label[matches == BELOW_LOW_THRESHOLD] = 0.0
-            label[matches == BETWEEN_THRESHOLDS] = -1.0
-            labels.append(label)
+            else:
+                matches = self.matcher(aligned_iou(truths[:, None], anchors[None], "iou", eps=0.0))
+                matched.append(truths[matches.clamp(min=0)])
+                label = (matches >= 0).to(anchors.dtype)
+                label[matches == BELOW_LOW_THRESHOLD] = 0.0
+                label[matches == BETWEEN_THRESHOLDS] = -1.0
+            labels.append(ignore_negatives_in_regions(label, anchors, target))
         return labels, matched
 
     def loss(self, objectness: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, targets: list[dict]
@@ -166,6 +169,9 @@ class RegionProposalNetwork(nn.Module):
         positive = torch.where(torch.cat(positive))[0]
         negative = torch.where(torch.cat(negative))[0]
         sampled = torch.cat([positive, negative])
+        if sampled.numel() == 0:  # every anchor ignored (images wholly inside ignore regions): nothing to learn
+            zero = objectness.sum() * 0.0 + deltas.sum() * 0.0
+            return {"loss_objectness": zero, "loss_rpn_box_reg": zero}
         labels = torch.cat(labels)
         count = anchors.shape[0]
         # only the sampled positives need regression targets: encode those, not every anchor

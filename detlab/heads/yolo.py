@@ -14,6 +14,14 @@ those cells can reach it.
 
 Predictions that are not assigned but whose decoded box overlaps some ground truth by more than
 ``ignore_threshold`` get no objectness loss: they are good boxes, just not the chosen ones.
+
+Ignore regions (``target["ignore_boxes"]``, class-agnostic areas that are neither object nor background): a
+prediction that is not assigned and whose decoded box lies mostly inside one (intersection over the box's own
+area >= :data:`detlab.boxes.MOSTLY_INSIDE`) gets no objectness loss either, and, never being a positive, no class
+or box loss. The decoded box, not the cell, decides: the box is what YOLO's own ground-truth ignore above judges,
+and what MMDetection's ``ignore_iof_thr`` judges in its anchor-based assigners is the box being assigned, so a big
+box from a cell inside a small region is still a negative. An assigned positive stays one even inside a region:
+its ground truth is a real, annotated object.
 """
 
 import math
@@ -23,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detlab.boxes import aligned_iou, wh_iou
+from detlab.boxes import aligned_iou, mostly_inside, wh_iou
 from detlab.layers import ConvBNAct
 
 #: The box losses :class:`YOLOLoss` knows (``model.yolov3.box_loss``).
@@ -181,26 +189,41 @@ def assign_targets(targets: list[dict], anchors: torch.Tensor, strides: list[int
     return per_level
 
 
+def _padded_boxes(targets: list[dict], key: str, like: torch.Tensor) -> torch.Tensor:
+    """Tensor[B, M, 4] (dtype and device of ``like``): each image's ``target[key]`` (absent: none), padded to the
+    most of any image with all-zero boxes, whose IoU and intersection with anything are 0."""
+    per_image = [t[key].reshape(-1, 4) if key in t else like.new_zeros(0, 4) for t in targets]
+    padded = like.new_zeros(len(targets), max(len(boxes) for boxes in per_image), 4)
+    for row, boxes in zip(padded, per_image):
+        row[: len(boxes)] = boxes.to(row)
+    return padded
+
+
 def ignore_mask(pred_boxes: torch.Tensor, targets: list[dict], threshold: float) -> torch.Tensor:
     """pred_boxes (Tensor[B, A, H, W, 4]) -> bool Tensor[B, A, H, W]: best IoU with a ground truth of the same
     image above ``threshold``."""
-    b = pred_boxes.shape[0]
-    most = max(len(t["boxes"]) for t in targets)
-    if most == 0:
+    gt = _padded_boxes(targets, "boxes", pred_boxes)  # [B, G, 4]
+    if gt.shape[1] == 0:
         return torch.zeros(pred_boxes.shape[:-1], dtype=torch.bool, device=pred_boxes.device)
-    # pad to [B, G, 4] with empty boxes, whose IoU with anything is 0
-    gt = pred_boxes.new_zeros(b, most, 4)
-    for i, t in enumerate(targets):
-        gt[i, : len(t["boxes"])] = t["boxes"].to(gt)
-    flat = pred_boxes.reshape(b, -1, 1, 4)
+    flat = pred_boxes.reshape(pred_boxes.shape[0], -1, 1, 4)
     best = aligned_iou(flat, gt[:, None]).amax(-1)  # [B, A*H*W]
     return (best > threshold).view(pred_boxes.shape[:-1])
+
+
+def inside_ignore_regions(pred_boxes: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+    """pred_boxes (Tensor[B, A, H, W, 4]) -> bool Tensor[B, A, H, W]: the box lies mostly inside one of its image's
+    ignore regions (``target["ignore_boxes"]``, Tensor[K, 4]; absent or empty: none), see
+    :func:`detlab.boxes.mostly_inside`."""
+    regions = _padded_boxes(targets, "ignore_boxes", pred_boxes)  # [B, K, 4]
+    flat = pred_boxes.reshape(pred_boxes.shape[0], -1, 4)
+    return mostly_inside(flat, regions).view(pred_boxes.shape[:-1])
 
 
 class YOLOLoss(nn.Module):
     """The YOLOv3 loss, summed over levels and divided by the batch size.
 
-    - objectness: BCE on positives (target 1) and on negatives outside the ignore mask (target 0);
+    - objectness: BCE on positives (target 1) and on negatives (target 0) outside the ignore mask and outside
+      the ignore regions (:func:`inside_ignore_regions`);
     - classes: BCE per class on positives (multi-label);
     - box on positives, weighted by ``2 - w * h / image area`` (small boxes count more): ``"paper"``: BCE of
       sigmoid(t_xy) against the centre's offset in its cell + squared error of t_wh against log(size / anchor);
@@ -208,7 +231,7 @@ class YOLOLoss(nn.Module):
 
     ``forward(outputs, targets, head)`` -> ``{"loss_box", "loss_obj", "loss_cls"}``: ``outputs`` of ``head``
     (a :class:`YOLOHead`, whose anchors, strides and centre decoding the assignment follows), ``targets`` per image
-    with boxes (Tensor[N, 4] xyxy input pixels) and labels (Tensor[N]).
+    with boxes (Tensor[N, 4] xyxy input pixels), labels (Tensor[N]) and optionally ignore_boxes (Tensor[K, 4]).
     """
 
     def __init__(self, box_loss: str = "paper", ignore_threshold: float = 0.5,
@@ -228,7 +251,9 @@ class YOLOLoss(nn.Module):
             pred_boxes = head.decode(output, level)
             index = (pos.batch, pos.anchor, pos.gy, pos.gx)
             with torch.no_grad():
-                counted = ~ignore_mask(pred_boxes.detach(), targets, self.ignore_threshold)
+                detached = pred_boxes.detach()
+                counted = ~(ignore_mask(detached, targets, self.ignore_threshold)
+                            | inside_ignore_regions(detached, targets))
                 obj_target = torch.zeros_like(counted, dtype=output.dtype)
                 obj_target[index] = 1.0
                 counted[index] = True

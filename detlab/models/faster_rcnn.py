@@ -185,8 +185,8 @@ class FasterRCNN(nn.Module):
                              align_corners=False)[0]
 
     def move_target(self, target: dict, index: int, original, size) -> dict:
-        """Boxes into the resized pixels, labels to 1..C; boxes without area are dropped with a warning (a box the
-        loss could not encode)."""
+        """Boxes and ignore regions (``ignore_boxes``, when given) into the resized pixels, labels to 1..C; boxes
+        without area are dropped with a warning (a box the loss could not encode)."""
         boxes = target["boxes"].to(self.mean.device, torch.float32)
         labels = target["labels"].to(self.mean.device)
         empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
@@ -198,7 +198,11 @@ class FasterRCNN(nn.Module):
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"targets[{index}]: labels must be in 0..{self.num_classes - 1}, got "
                              f"{labels.min().item()}..{labels.max().item()}")
-        return {"boxes": resize_boxes(boxes, original, size), "labels": labels + 1}
+        moved = {"boxes": resize_boxes(boxes, original, size), "labels": labels + 1}
+        if "ignore_boxes" in target:
+            regions = target["ignore_boxes"].to(self.mean.device, torch.float32).reshape(-1, 4)
+            moved["ignore_boxes"] = resize_boxes(regions, original, size)
+        return moved
 
 
 def resize_boxes(boxes: torch.Tensor, original, new) -> torch.Tensor:

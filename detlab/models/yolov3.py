@@ -110,7 +110,8 @@ class YOLOv3(nn.Module):
 
         Returns:
             batch (Tensor[B, 3, S, S]) normalised; per image the target moved to the letterboxed pixels (boxes,
-            labels, plus ``scale``/``offset``/``orig_size`` to map predictions back). Without targets, the
+            labels, ignore_boxes when given -- the loss skips predictions inside them --, plus
+            ``scale``/``offset``/``orig_size`` to map predictions back). Without targets, the
             per-image targets hold only that mapping.
         """
         if len(images) == 0:

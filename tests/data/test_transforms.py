@@ -135,3 +135,67 @@ def test_photometric_distort_changes_pixels_not_boxes_and_normalize_uses_given_s
     expected = (image.float() / 255 - torch.tensor([0.5, 0.25, 0.0])[:, None, None]) / torch.tensor(
         [0.5, 0.25, 2.0])[:, None, None]
     assert normalized.dtype == torch.float32 and torch.allclose(normalized, expected, atol=1e-6)
+
+
+# ---- ignore regions (target["ignore_boxes"]) move with the pixels
+
+
+def _with_regions(regions, height=90, width=140):
+    image, target = _rectangle_sample(height, width)
+    return image, {**target, "ignore_boxes": torch.tensor(regions, dtype=torch.float32).reshape(-1, 4)}
+
+
+def test_flip_resize_and_letterbox_move_ignore_regions_exactly():
+    image, target = _with_regions([[10, 5, 40, 25], [0, 0, 140, 90]])
+    # a flip maps x to 140 - x and swaps the edges
+    _, out = horizontal_flip(image, target)
+    assert out["ignore_boxes"].tolist() == [[100, 5, 130, 25], [0, 0, 140, 90]]
+    # short side 90 -> 45: every coordinate halves
+    _, out = Resize(min_size=45, max_size=1000)(image, target)
+    assert out["ignore_boxes"].tolist() == [[5, 2.5, 20, 12.5], [0, 0, 70, 45]]
+    # letterbox 160: x * 160/140; the image becomes 160 x round(90 * 160/140) = 103, placed 28 rows down
+    _, out = Letterbox(160)(image, target)
+    sy = 103 / 90
+    expected = torch.tensor([[10 * 8 / 7, 5 * sy + 28, 40 * 8 / 7, 25 * sy + 28], [0, 28, 160, 131]])
+    torch.testing.assert_close(out["ignore_boxes"], expected)
+    # and it maps back like a box does
+    torch.testing.assert_close(to_original_boxes(out["ignore_boxes"], out), target["ignore_boxes"])
+
+
+def test_crop_clips_ignore_regions_without_min_visible_and_drops_empty_ones():
+    regions = [[0, 0, 10, 10], [20, 30, 90, 80], [95, 0, 100, 100]]
+    _, target = _with_regions(regions, 100, 100)
+    crop = RandomCrop((100, 50), min_visible=0.9, generator=torch.Generator().manual_seed(0))
+    lefts = set()
+    for _ in range(30):
+        _, out = crop(torch.zeros(3, 100, 100), target)
+        left = -int(out["offset"][0])
+        lefts.add(left)
+        expected = []
+        for x1, y1, x2, y2 in regions:  # shifted by the window, clipped to its 50 columns, empty ones gone
+            x1, x2 = min(max(x1 - left, 0), 50), min(max(x2 - left, 0), 50)
+            if x2 > x1:
+                expected.append([x1, y1, x2, y2])
+        assert out["ignore_boxes"].tolist() == expected
+    assert min(lefts) < 10 and max(lefts) > 45  # windows that keep and that lose the first and last regions
+
+
+def test_rotation_moves_an_ignore_region_as_it_moves_a_box():
+    image, target = _with_regions([[30, 20, 100, 50], [120, 0, 140, 90]])
+    for seed in range(3):
+        torch.manual_seed(seed)
+        _, out = RandomRotation(degrees=30, fill=0, min_visible=0.0)(image, target)
+        # the first region is the object's box: it lands where the box lands
+        torch.testing.assert_close(out["ignore_boxes"][0], out["boxes"][0])
+        assert (out["ignore_boxes"] >= 0).all() and (out["ignore_boxes"][:, 0::2] <= 140).all()  # clipped
+
+
+def test_transforms_keep_targets_without_ignore_regions_and_empty_ones():
+    transform = Compose([RandomHorizontalFlip(1.0), RandomScaleJitter(0.8, 1.2), RandomCrop((60, 60)),
+                         RandomRotation(10), Letterbox(64)])
+    torch.manual_seed(0)
+    _, out = transform(*_rectangle_sample())
+    assert "ignore_boxes" not in out
+    torch.manual_seed(0)
+    _, out = transform(*_with_regions([]))
+    assert out["ignore_boxes"].shape == (0, 4)
