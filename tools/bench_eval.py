@@ -1,13 +1,18 @@
 """Benchmark COCO bbox evaluation: detlab.eval vs pycocotools, faster-coco-eval and hotcoco (those installed).
 
-    python tools/bench_eval.py [--quick] [--only detlab,hotcoco] [--json out.json]
+    python tools/bench_eval.py [--quick] [--only detlab,hotcoco] [--modes files,memory] [--json out.json]
 
-Every implementation gets the same in-memory inputs - the annotation dict and the results list, as
-``json.load`` returns them - and is timed from there to the 12 stats (its own indexing and result loading
-included, JSON parsing excluded). One warm-up run, then the median of ``--repeat`` runs; an implementation
-whose warm-up takes over ``--slow`` seconds (pycocotools at full size) is timed by that single run. Peak RSS
-is measured in a fresh child process (inputs built, then one evaluation), for detlab only unless
-``--memory-all``. Default size: 5000 images x 100 detections, 80 classes (``--quick``: 200 images).
+Every implementation gets the same inputs, in two modes, and is timed to the 12 stats:
+- files: the annotation and results JSON files (written once, before timing, as ``json.dump`` writes them), so
+  reading and parsing them is included - the whole of ``tools/eval_det.py --results --ann``;
+- memory: the annotation dict and the results list as ``json.load`` returns them (its own indexing and result
+  loading included, JSON parsing excluded).
+One warm-up run each, then the median of ``--repeat`` runs, taken in rounds that run every implementation and
+mode in turn (a busy machine's load then weighs on all alike); one whose warm-up takes over ``--slow`` seconds
+(pycocotools at full size) is timed by that single run. Peak RSS is measured in a fresh child process
+(one evaluation; in memory mode after building the inputs), for detlab only unless ``--memory-all``. For
+detlab in files mode, one more run times its stages (reading each file, evaluating). Default size: 5000 images
+x 100 detections, 80 classes (``--quick``: 200 images).
 """
 
 from __future__ import annotations
@@ -21,25 +26,44 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from detlab.eval import coco_detections_from_results, coco_ground_truth_from_dict, evaluate_coco
+from detlab.eval import (
+    coco_detections_from_columns,
+    coco_detections_from_results,
+    coco_ground_truth_from_dict,
+    coco_ground_truth_from_file,
+    evaluate_coco,
+    evaluate_coco_files,
+    read_coco_results,
+)
 from detlab.eval.simulate import simulate_detections, synthetic_coco_ground_truth
 
+MODES = ("files", "memory")
+ANN_FILE, RESULTS_FILE = "instances.json", "results.json"
 
-def run_detlab(gt: dict, results: list) -> np.ndarray:
+
+# Each runner takes (gt, results): two file paths (str) in files mode, the parsed dict and list in memory mode.
+def run_detlab(gt, results) -> np.ndarray:
+    if isinstance(gt, str):
+        return evaluate_coco_files(gt, results).stats
     g = coco_ground_truth_from_dict(gt)
     return evaluate_coco(g, coco_detections_from_results(results, g)).stats
 
 
-def _run_cocoeval(coco_cls, eval_cls, gt: dict, results: list) -> np.ndarray:
+def _run_cocoeval(coco_cls, eval_cls, gt, results) -> np.ndarray:
     with contextlib.redirect_stdout(io.StringIO()):  # they print progress
-        coco_gt = coco_cls()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        ev = eval_cls(coco_gt, coco_gt.loadRes(results), "bbox")
+        if isinstance(gt, str):
+            coco_gt = coco_cls(gt)
+        else:
+            coco_gt = coco_cls()
+            coco_gt.dataset = gt
+            coco_gt.createIndex()
+        ev = eval_cls(coco_gt, coco_gt.loadRes(results), "bbox")  # loadRes reads a str path itself
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -63,7 +87,7 @@ def run_hotcoco(gt, results):
     import hotcoco
 
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = hotcoco.COCO(gt)
+        coco_gt = hotcoco.COCO(gt)  # a path or a dict; loadRes too takes a path or a list
         ev = hotcoco.COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
         ev.evaluate()
         ev.accumulate()
@@ -71,7 +95,7 @@ def run_hotcoco(gt, results):
     return np.asarray(ev.stats, dtype=np.float64)
 
 
-# name -> (module that must be importable, runner, whether it mutates its inputs so needs fresh copies)
+# name -> (module that must be importable, runner, whether it mutates in-memory inputs so needs fresh copies)
 IMPLEMENTATIONS = {
     "detlab": ("detlab", run_detlab, False),
     "pycocotools": ("pycocotools", run_pycocotools, True),
@@ -85,35 +109,98 @@ def make_inputs(args) -> tuple[dict, list]:
     return gt, simulate_detections(gt, seed=args.seed, dets_per_image=args.dets_per_image)
 
 
-def fresh(gt: dict, results: list, mutates: bool) -> tuple[dict, list]:
-    """Inputs for one run; copies (made outside the timer) for implementations that add keys to them."""
-    if not mutates:
-        return gt, results
+def write_inputs(gt: dict, results: list, folder: Path) -> tuple[str, str]:
+    """The two JSON files of files mode, as ``json.dump`` writes them (paths as str: pycocotools wants str)."""
+    paths = folder / ANN_FILE, folder / RESULTS_FILE
+    for data, path in zip((gt, results), paths):
+        with open(path, "w") as f:
+            json.dump(data, f)
+    return str(paths[0]), str(paths[1])
+
+
+def fresh(inputs: tuple, mutates: bool) -> tuple:
+    """Inputs for one run; copies (made outside the timer) of in-memory inputs for implementations that add keys."""
+    gt, results = inputs
+    if not mutates or isinstance(gt, str):
+        return inputs
     copy_gt = dict(gt, annotations=[dict(a) for a in gt["annotations"]])
     return copy_gt, [dict(r, bbox=list(r["bbox"])) for r in results]
 
 
-def time_one(run, gt, results, mutates, repeat: int, slow: float) -> tuple[list, np.ndarray]:
-    times = []
-    for i in range(1 + repeat):
-        inputs = fresh(gt, results, mutates)
+def _time_run(run, inputs, mutates) -> tuple[float, np.ndarray]:
+    this = fresh(inputs, mutates)
+    t0 = time.perf_counter()
+    stats = run(*this)
+    return time.perf_counter() - t0, stats
+
+
+def time_round_robin(jobs: dict, repeat: int, slow: float) -> dict:
+    """jobs: key -> (run, inputs, mutates). One warm-up run each, then ``repeat`` rounds in which every job runs
+    once in turn, so that a change of machine load during the benchmark weighs on all of them alike; a job whose
+    warm-up took over ``slow`` seconds is not repeated (its single run is the figure). Returns key -> (times,
+    stats)."""
+    warm = {}
+    for key, job in jobs.items():
+        warm[key] = _time_run(*job)
+        print(f"  warm-up {' '.join(key)}: {warm[key][0]:.3f} s", flush=True)
+    times = {key: [] for key, (seconds, _) in warm.items() if seconds <= slow}
+    for _ in range(repeat):
+        for key in times:
+            times[key].append(_time_run(*jobs[key])[0])
+    return {key: (times.get(key) or [seconds], stats) for key, (seconds, stats) in warm.items()}
+
+
+def detlab_stages(ann_path: str, results_path: str) -> dict:
+    """Seconds per stage of one detlab evaluation from files: where the time goes."""
+    stages, t0 = {}, time.perf_counter()
+
+    def lap(name):
+        nonlocal t0
+        stages[name] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        stats = run(*inputs)
-        times.append(time.perf_counter() - t0)
-        if i == 0 and times[0] > slow:
-            return times, stats  # too slow to repeat: the single run is the figure
-    return times[1:], stats
+
+    gt = coco_ground_truth_from_file(ann_path)
+    lap("read annotations")
+    columns = read_coco_results(results_path)
+    lap("read results (decode + columns)")
+    dets = coco_detections_from_columns(columns, gt, results_path)
+    lap("map ids")
+    evaluate_coco(gt, dets)
+    lap("evaluate")
+    return stages
 
 
-def peak_rss_mb(name: str, args) -> float:
-    """Peak RSS (MiB) of a child process that builds the inputs and runs ``name`` once."""
-    cmd = [sys.executable, __file__, "--_memory-child", name, "--images", str(args.images), "--classes", str(args.classes),
+def peak_rss_mb(name: str, mode: str, args, folder: Path) -> float:
+    """Peak RSS (MiB) of a child process that runs ``name`` once in ``mode`` (memory: it builds the inputs too)."""
+    cmd = [sys.executable, __file__, "--_memory-child", f"{name}:{mode}", "--_files", str(folder),
+           "--images", str(args.images), "--classes", str(args.classes),
            "--dets-per-image", str(args.dets_per_image), "--seed", str(args.seed)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
 
-def main(argv=None) -> int:
+def memory_child(args) -> int:
+    name, mode = args.memory_child.split(":")
+    _, run, mutates = IMPLEMENTATIONS[name]
+    if mode == "files":
+        run(str(Path(args.files) / ANN_FILE), str(Path(args.files) / RESULTS_FILE))
+    else:
+        run(*fresh(make_inputs(args), mutates))
+    print(_peak_rss_mb())
+    return 0
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (MiB): /proc's VmHWM where there is one, since Linux's ru_maxrss keeps the RSS of
+    the parent that started this process (across fork and exec) - here the benchmark, holding all the inputs."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--dets-per-image", type=int, default=100)
@@ -122,60 +209,81 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs after the warm-up")
     parser.add_argument("--slow", type=float, default=10.0, help="a warm-up longer than this is the only run")
     parser.add_argument("--quick", action="store_true", help="200 images, 3 runs: a smoke test")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child process")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: files (JSON files, parsing "
+                        "included), memory (parsed dicts and lists)")  # fmt: skip
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
     parser.add_argument("--memory-all", action="store_true", help="peak RSS of the references too (slow)")
     parser.add_argument("--only", help="comma-separated implementations to run, e.g. detlab,hotcoco (default: all)")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_files", dest="files", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.repeat = 200, 3
-
-    gt, results = make_inputs(args)
-    if args.memory_child:
-        _, run, mutates = IMPLEMENTATIONS[args.memory_child]
-        run(*fresh(gt, results, mutates))
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        return 0
-
-    print(f"{args.images} images, {len(results)} detections, {len(gt['annotations'])} ground truths, {args.classes} classes")
-    rows = {}
-    only = set(args.only.split(",")) if args.only else set(IMPLEMENTATIONS)
-    if only - set(IMPLEMENTATIONS) or "detlab" not in only:
+    args.only = args.only.split(",") if args.only else list(IMPLEMENTATIONS)
+    args.modes = args.modes.split(",")
+    if set(args.only) - set(IMPLEMENTATIONS) or "detlab" not in args.only:
         parser.error(f"--only: pick among {', '.join(IMPLEMENTATIONS)}, detlab included")
-    for name, (module, run, mutates) in IMPLEMENTATIONS.items():
-        if name not in only:
-            rows[name] = {"skipped": True}
-            continue
-        if importlib.util.find_spec(module) is None:
-            rows[name] = {"installed": False}
-            continue
-        times, stats = time_one(run, gt, results, mutates, args.repeat, args.slow)
-        rows[name] = {"installed": True, "runs": len(times), "median_s": statistics.median(times), "times_s": times,
-                      "stats": stats.tolist(), "peak_rss_mb": None}  # fmt: skip
-        if not args.no_memory and (name == "detlab" or args.memory_all):
-            rows[name]["peak_rss_mb"] = peak_rss_mb(name, args)
-        print(f"  {name}: {rows[name]['median_s']:.3f} s", flush=True)
+    if set(args.modes) - set(MODES) or not args.modes:
+        parser.error(f"--modes: pick among {', '.join(MODES)}")
+    return args
 
-    ours = rows["detlab"]["median_s"]
-    ref = rows["pycocotools"] if "median_s" in rows["pycocotools"] else None
-    print(f"\n| implementation | runs | median time (s) | speed-up vs pycocotools | time / detlab | peak RSS (MiB) | max abs diff of 12 stats vs pycocotools |")
-    print("|---|---|---|---|---|---|---|")
+
+def measure(inputs: dict, args, folder: Path) -> dict:
+    """Per implementation: skipped, not installed, or per mode runs, median and all times, stats, peak RSS."""
+    rows, jobs = {}, {}
+    for name, (module, run, mutates) in IMPLEMENTATIONS.items():
+        if name not in args.only:
+            rows[name] = {"skipped": True}
+        elif importlib.util.find_spec(module) is None:
+            rows[name] = {"installed": False}
+        else:
+            rows[name] = {"installed": True}
+            jobs.update({(name, mode): (run, inputs[mode], mutates) for mode in args.modes})
+    for (name, mode), (times, stats) in time_round_robin(jobs, args.repeat, args.slow).items():
+        with_rss = not args.no_memory and (name == "detlab" or args.memory_all)
+        rss = peak_rss_mb(name, mode, args, folder) if with_rss else None
+        rows[name][mode] = {"runs": len(times), "median_s": statistics.median(times), "times_s": times,
+                            "stats": stats.tolist(), "peak_rss_mb": rss}  # fmt: skip
+    return rows
+
+
+def print_table(rows: dict, modes: list) -> None:
+    ref = rows["pycocotools"] if rows["pycocotools"].get("installed") else None
+    print("\n| implementation | mode | runs | median time (s) | speed-up vs pycocotools | time / detlab | peak RSS (MiB) "
+          "| max abs diff of 12 stats vs pycocotools |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
     for name, row in rows.items():
-        if row.get("skipped"):
-            print(f"| {name} | not run (--only) | | | | | |")
+        if not row.get("installed"):
+            print(f"| {name} | {'not run (--only)' if row.get('skipped') else 'not installed, skipped'} | | | | | | |")
             continue
-        if not row["installed"]:
-            print(f"| {name} | not installed, skipped | | | | | |")
-            continue
-        speedup = f"{ref['median_s'] / row['median_s']:.1f}x" if ref else "n/a"
-        diff = f"{np.abs(np.array(row['stats']) - ref['stats']).max():.1e}" if ref else "n/a"
-        rss = "n/a" if row["peak_rss_mb"] is None else f"{row['peak_rss_mb']:.0f}"
-        print(f"| {name} | {row['runs']} | {row['median_s']:.3f} | {speedup} | {row['median_s'] / ours:.2f} | {rss} | {diff} |")
+        for mode in modes:
+            r, ours = row[mode], rows["detlab"][mode]
+            speedup = f"{ref[mode]['median_s'] / r['median_s']:.1f}x" if ref else "n/a"
+            diff = f"{np.abs(np.array(r['stats']) - ref[mode]['stats']).max():.1e}" if ref else "n/a"
+            rss = "n/a" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
+            print(f"| {name} | {mode} | {r['runs']} | {r['median_s']:.3f} | {speedup} | {r['median_s'] / ours['median_s']:.2f} "
+                  f"| {rss} | {diff} |")  # fmt: skip
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.memory_child:
+        return memory_child(args)
+    gt, results = make_inputs(args)
+    print(f"{args.images} images, {len(results)} detections, {len(gt['annotations'])} ground truths, {args.classes} classes")
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
+        folder = Path(tmp)
+        inputs = {"files": write_inputs(gt, results, folder), "memory": (gt, results)}
+        rows = measure(inputs, args, folder)
+        stages = detlab_stages(*inputs["files"]) if "files" in args.modes else None
+    print_table(rows, args.modes)
+    if stages:
+        print("\ndetlab from files, one run: " + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()))
     if args.json:
-        config = {k: getattr(args, k) for k in ("images", "dets_per_image", "classes", "seed", "repeat")}
+        config = {k: getattr(args, k) for k in ("images", "dets_per_image", "classes", "seed", "repeat", "modes")}
         with open(args.json, "w") as f:
-            json.dump({"config": config, "num_detections": len(results), "results": rows}, f, indent=1)
+            figures = {"config": config, "num_detections": len(results), "results": rows, "detlab_stages_s": stages}
+            json.dump(figures, f, indent=1)
     return 0
 
 

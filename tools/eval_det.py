@@ -4,8 +4,9 @@
     python tools/eval_det.py --checkpoint runs/x/best.pt [--set data.root=/data/voc] [--split val|train]
 
 Prints pycocotools' 12 stats and a per-class AP table (``--voc``: VOC AP at ``--iou``, crowd as difficult),
-writes ``metrics.json`` (all figures) and ``pr_curves.png`` into ``--out-dir``. Bad input (malformed JSON,
-unknown image/category ids, boxes of the wrong length) is reported in one line naming the file and field.
+writes ``metrics.json`` (all figures) and ``pr_curves.png`` into ``--out-dir``. The JSON files are decoded straight
+into columns (``detlab.eval.cocojson``). Bad input (malformed JSON, unknown image/category ids, boxes of the wrong
+length) is reported in one line naming the file, the entry and the field.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from detlab.eval import coco_detections_from_results, coco_ground_truth_from_dict, evaluate_coco, read_json
+from detlab.eval import coco_detections_from_file, coco_ground_truth_from_file, evaluate_coco
 from detlab.eval.report import format_coco, format_voc, plot_pr_curves, pr_curves, write_json
 from detlab.eval.voc import evaluate_voc_coco
 
@@ -38,8 +39,8 @@ def main(argv=None) -> int:
     if not (args.results and args.ann):
         parser.error("give --results and --ann, or --checkpoint")
     try:
-        gt = coco_ground_truth_from_dict(read_json(args.ann, "annotation"), source=args.ann)
-        dets = coco_detections_from_results(read_json(args.results, "results"), gt, source=args.results)
+        gt = coco_ground_truth_from_file(args.ann)
+        dets = coco_detections_from_file(args.results, gt)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

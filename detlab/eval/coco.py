@@ -1,10 +1,13 @@
 """COCO bbox evaluation: the 12 standard stats and a per-class AP table, equal to pycocotools' ``COCOeval``.
 
-Inputs are flat arrays (``CocoGroundTruth``, ``CocoDetections``) built from a COCO annotation/results JSON or
-from a model run (per-image dicts of tensors). pycocotools' semantics are kept exactly: detections sorted by
-score with a stable sort, ``maxDets`` applied per image *and* per category, ground-truth area ranges on the
-annotation's ``area`` field, crowd regions matched by intersection / detection area and any number of times,
-unmatched detections outside the area range ignored, -1 for categories without ground truth.
+Inputs are flat arrays (``CocoGroundTruth``, ``CocoDetections``) built from a COCO annotation/results JSON file
+(decoded straight into columns by ``cocojson``), its parsed dicts, or a model run (per-image dicts of tensors).
+pycocotools' semantics are kept exactly: detections sorted by score with a stable sort, ``maxDets`` applied per
+image *and* per category, ground-truth area ranges on the annotation's ``area`` field, crowd regions matched by
+intersection / detection area and any number of times, unmatched detections outside the area range ignored, -1
+for categories without ground truth. A model run's
+ignore regions (targets' ``ignore_boxes``) become crowd regions of every category, so they are scored exactly as
+pycocotools scores them given as ``iscrowd`` annotations of each category, after the image's own annotations.
 
 Instead of pycocotools' Python loops over (image, category, area range, threshold), the work is vectorised:
 1. detections are sorted in the order ``accumulate()`` visits them (category, score, image, rank), with
@@ -27,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .matching import as_numpy, group_pairs, pair_iou, stack_per_image, xyxy_to_xywh
+from .cocojson import CocoAnnotationColumns, CocoResultColumns, read_coco_annotations, read_coco_results
+from .matching import as_numpy, group_pairs, pair_iou, stack_ignore_regions, stack_per_image, xyxy_to_xywh
 
 # pycocotools' Params.setDetParams, built the same way (np.arange would give slightly different thresholds)
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -192,7 +196,7 @@ def _index_of(known: np.ndarray, values: np.ndarray, source: str, field: str, ki
         examples = ", ".join(str(v) for v in np.unique(values[bad])[:5])
         raise ValueError(
             f"{source}: field '{field}': {int(bad.sum())} {kind}(s) refer to ids absent from the annotations "
-            f"(e.g. {examples})"
+            f"(e.g. {examples}; the first is {kind} #{int(np.argmax(bad))})"
         )
     return index
 
@@ -212,25 +216,51 @@ def coco_ground_truth_from_dict(data: dict, source: str = "annotations") -> Coco
     images = _records(data, "images", source)
     categories = _records(data, "categories", source)
     anns = data.get("annotations", []) if isinstance(data, dict) else []
-    image_ids = np.unique(_column(images, "id", np.int64, source, "image"))
-    cat_ids = _column(categories, "id", np.int64, source, "category")
-    names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
-    category_ids = np.unique(cat_ids)
-    boxes = _column(anns, "bbox", np.float64, source, "annotation", width=4)
-    area = np.array([a.get("area", np.nan) if isinstance(a, dict) else np.nan for a in anns], dtype=np.float64)
-    area = np.where(np.isnan(area), boxes[:, 2] * boxes[:, 3], area)
-    iscrowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+    return _ground_truth(
+        source,
+        image_ids=_column(images, "id", np.int64, source, "image"),
+        category_ids=_column(categories, "id", np.int64, source, "category"),
+        category_names=[str(c.get("name", c["id"])) for c in categories],
+        ann_image_id=_column(anns, "image_id", np.int64, source, "annotation"),
+        ann_category_id=_column(anns, "category_id", np.int64, source, "annotation"),
+        ann_boxes_xywh=_column(anns, "bbox", np.float64, source, "annotation", width=4),
+        ann_area=np.array([a.get("area", np.nan) if isinstance(a, dict) else np.nan for a in anns], dtype=np.float64),
+        ann_iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+    )
+
+
+def coco_ground_truth_from_columns(columns: CocoAnnotationColumns, source: str = "annotations") -> CocoGroundTruth:
+    """An annotation file read by ``read_coco_annotations`` -> ``CocoGroundTruth``, as from its dict."""
+    c = columns
+    return _ground_truth(
+        source, c.image_ids, c.category_ids, c.category_names, c.ann_image_id, c.ann_category_id, c.ann_boxes_xywh,
+        c.ann_area, c.ann_iscrowd,
+    )  # fmt: skip
+
+
+def coco_ground_truth_from_file(path: str | Path) -> CocoGroundTruth:
+    """COCO annotation JSON -> ``CocoGroundTruth``, decoded straight into columns (``cocojson``)."""
+    return coco_ground_truth_from_columns(read_coco_annotations(path), source=str(path))
+
+
+def _ground_truth(
+    source, image_ids, category_ids, category_names, ann_image_id, ann_category_id, ann_boxes_xywh, ann_area,
+    ann_iscrowd,
+) -> CocoGroundTruth:  # fmt: skip
+    """``CocoGroundTruth`` from the columns of ``CocoAnnotationColumns`` (file order, repeated ids allowed: the
+    last name of a repeated category id wins); NaN areas become box areas."""
+    names = dict(zip(category_ids.tolist(), category_names))
+    image_ids, category_ids = np.unique(image_ids), np.unique(category_ids)
+    boxes = ann_boxes_xywh
     return CocoGroundTruth(
-        image=_index_of(image_ids, _column(anns, "image_id", np.int64, source, "annotation"), source, "image_id", "annotation"),
-        category=_index_of(
-            category_ids, _column(anns, "category_id", np.int64, source, "annotation"), source, "category_id", "annotation"
-        ),
+        image=_index_of(image_ids, ann_image_id, source, "image_id", "annotation"),
+        category=_index_of(category_ids, ann_category_id, source, "category_id", "annotation"),
         boxes_xywh=boxes,
-        area=area,
-        iscrowd=iscrowd,
+        area=np.where(np.isnan(ann_area), boxes[:, 2] * boxes[:, 3], ann_area),
+        iscrowd=ann_iscrowd,
         image_ids=image_ids,
         category_ids=category_ids,
-        category_names=[names[int(c)] for c in category_ids],
+        category_names=[names[c] for c in category_ids.tolist()],
     )
 
 
@@ -242,14 +272,29 @@ def coco_detections_from_results(results, gt: CocoGroundTruth, source: str = "re
     """
     if not isinstance(results, list):
         raise ValueError(f"{source}: expected a JSON list of detections, got {type(results).__name__}")
-    return CocoDetections(
-        image=_index_of(gt.image_ids, _column(results, "image_id", np.int64, source, "detection"), source, "image_id", "detection"),
-        category=_index_of(
-            gt.category_ids, _column(results, "category_id", np.int64, source, "detection"), source, "category_id", "detection"
-        ),
+    columns = CocoResultColumns(
+        image_id=_column(results, "image_id", np.int64, source, "detection"),
+        category_id=_column(results, "category_id", np.int64, source, "detection"),
         boxes_xywh=_column(results, "bbox", np.float64, source, "detection", width=4),
         scores=_column(results, "score", np.float64, source, "detection"),
     )
+    return coco_detections_from_columns(columns, gt, source)
+
+
+def coco_detections_from_columns(columns: CocoResultColumns, gt: CocoGroundTruth, source="results") -> CocoDetections:
+    """A results file read by ``read_coco_results`` -> ``CocoDetections``; ValueError naming ``source`` and the
+    field for an image_id or category_id absent from ``gt``."""
+    return CocoDetections(
+        image=_index_of(gt.image_ids, columns.image_id, source, "image_id", "detection"),
+        category=_index_of(gt.category_ids, columns.category_id, source, "category_id", "detection"),
+        boxes_xywh=columns.boxes_xywh,
+        scores=columns.scores,
+    )
+
+
+def coco_detections_from_file(path: str | Path, gt: CocoGroundTruth) -> CocoDetections:
+    """COCO results JSON -> ``CocoDetections`` against ``gt``, decoded straight into columns (``cocojson``)."""
+    return coco_detections_from_columns(read_coco_results(path), gt, source=str(path))
 
 
 def _labels(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:
@@ -267,17 +312,23 @@ def _box_area(target: dict) -> np.ndarray:
 def coco_ground_truth_from_targets(targets: list, num_classes: int, category_names=None) -> CocoGroundTruth:
     """Per-image target dicts -> ``CocoGroundTruth`` with image ids 0..I-1 and category ids 0..C-1.
 
-    Each target: boxes (Tensor[M, 4]) xyxy pixels, labels (Tensor[M]) in 0..C-1, optionally iscrowd (Tensor[M])
-    and area (Tensor[M], default: box area).
+    Each target: boxes (Tensor[M, 4]) xyxy pixels, labels (Tensor[M]) in 0..C-1, optionally iscrowd (Tensor[M]),
+    area (Tensor[M], default: box area) and ignore_boxes (Tensor[K, 4] xyxy pixels): each ignore region becomes
+    a crowd row of every category (area: the region's), after all the annotations.
     """
     defaults = {"iscrowd": lambda t: np.zeros(len(_box_area(t)), dtype=bool), "area": _box_area}
     image, col = stack_per_image(targets, ("boxes", "labels", "iscrowd", "area"), defaults, "target")
+    region_image, regions = stack_ignore_regions(targets)
+    # K regions x C categories, region by region: within one (image, category) the regions keep their order
+    region_image, region_category = np.repeat(region_image, num_classes), np.tile(np.arange(num_classes), len(regions))
+    region_xywh = np.repeat(xyxy_to_xywh(regions), num_classes, axis=0)
+    boxes_xywh = np.concatenate([xyxy_to_xywh(col["boxes"]), region_xywh])
     return CocoGroundTruth(
-        image=image,
-        category=_labels(col["labels"], num_classes, "targets"),
-        boxes_xywh=xyxy_to_xywh(col["boxes"]),
-        area=col["area"].astype(np.float64),
-        iscrowd=col["iscrowd"].astype(bool),
+        image=np.concatenate([image, region_image]),
+        category=np.concatenate([_labels(col["labels"], num_classes, "targets"), region_category]),
+        boxes_xywh=boxes_xywh,
+        area=np.concatenate([col["area"].astype(np.float64), region_xywh[:, 2] * region_xywh[:, 3]]),
+        iscrowd=np.concatenate([col["iscrowd"].astype(bool), np.ones(len(region_image), dtype=bool)]),
         image_ids=np.arange(len(targets)),
         category_ids=np.arange(num_classes),
         category_names=list(category_names) if category_names is not None else [str(c) for c in range(num_classes)],
@@ -310,9 +361,8 @@ def coco_results_from_predictions(predictions: list, image_ids, category_ids) ->
 
 def evaluate_coco_files(ann_path: str | Path, results_path: str | Path) -> CocoResult:
     """Score a COCO results JSON against a COCO annotation JSON."""
-    gt = coco_ground_truth_from_dict(read_json(ann_path, "annotation"), source=str(ann_path))
-    dets = coco_detections_from_results(read_json(results_path, "results"), gt, source=str(results_path))
-    return evaluate_coco(gt, dets)
+    gt = coco_ground_truth_from_file(ann_path)
+    return evaluate_coco(gt, coco_detections_from_file(results_path, gt))
 
 
 def evaluate_coco_predictions(predictions: list, targets: list, num_classes: int, category_names=None) -> CocoResult:
