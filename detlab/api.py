@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from detlab.config import config_to_dict
+from detlab.data.images import load_image, to_rgb_array
 from detlab.engine.checkpoint import load_detector
 from detlab.engine.runtime import resolve_device
 
@@ -44,8 +45,8 @@ class Detector:
         """Detect objects.
 
         Args:
-            images: a path (str / Path), a PIL image, an ndarray[H, W, 3] uint8 (RGB), a Tensor[3, H, W] (uint8, or
-                float in [0, 1]), or a list of them.
+            images: a path (str / Path; read as training reads it, see :func:`as_image_tensor`), a PIL image,
+                an ndarray[H, W, 3] uint8 (RGB), a Tensor[3, H, W] (uint8, or float in [0, 1]), or a list of them.
             score_threshold: keep detections scoring at least this.
 
         Returns:
@@ -67,18 +68,18 @@ class Detector:
 
 def as_image_tensor(image) -> torch.Tensor:
     """A path, PIL image, ndarray[H, W, 3] uint8 or Tensor[3, H, W] -> Tensor[3, H, W] (uint8, or float in
-    [0, 1] as given); anything else is a clear error."""
+    [0, 1] as given); anything else is a clear error.
+
+    A path is read as training reads it (:func:`detlab.data.images.load_image`: upright by its EXIF orientation,
+    16-bit scaled by its value range, alpha dropped); a missing one is a FileNotFoundError, an undecodable one a
+    :class:`~detlab.data.records.DataError` (a ValueError) naming it. A PIL image's mode is converted the same way,
+    but its EXIF orientation is not applied: the caller holds those pixels and gets boxes in them."""
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} does not exist")
-        try:
-            with Image.open(path) as pil:
-                image = pil.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"image {path} cannot be decoded ({e})") from e
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"image {image} does not exist")
+        return load_image(image)
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = to_rgb_array(image)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"ndarray image must be [H, W, 3] uint8 RGB, got {image.shape} {image.dtype}")

@@ -1,4 +1,7 @@
+import importlib.util
+import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +10,7 @@ from PIL import Image
 
 from detlab.api import Detector
 from detlab.config import ConfigError
-from detlab.data import SyntheticShapes
+from detlab.data import DataError, SyntheticShapes
 
 EVERYTHING = ["model.score_threshold=0.0"]  # keep every detection: the tiny model scores low
 
@@ -67,7 +70,7 @@ def test_predict_from_two_threads_matches_one(detector):
 
 def test_bad_inputs_are_clear_errors(detector, tmp_path, checkpoint):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="broken.jpg cannot be decoded"):
+    with pytest.raises(DataError, match=r"cannot decode image .*broken\.jpg"):  # a DataError is a ValueError
         detector.predict(tmp_path / "broken.jpg")
     with pytest.raises(FileNotFoundError, match="missing.jpg does not exist"):
         detector.predict(tmp_path / "missing.jpg")
@@ -132,3 +135,67 @@ def test_best_pt_is_the_inference_checkpoint_and_last_pt_predicts_the_same(tiny_
     raw = Detector.from_checkpoint(tiny_run / "last.pt", device="cpu", use_ema=False)
     assert not torch.equal(raw.model.head.predictors[0].weight, Detector.from_checkpoint(
         tiny_run / "last.pt", device="cpu").model.head.predictors[0].weight)
+
+
+def shapes_image(seed: int, height: int = 60, width: int = 90) -> np.ndarray:
+    """ndarray[H, W, 3] uint8 of a synthetic-shapes image."""
+    return SyntheticShapes(1, height, width, seed=seed)[0][0].permute(1, 2, 0).numpy()
+
+
+def assert_same_detections(a, b):
+    torch.testing.assert_close(a["boxes"], b["boxes"])
+    torch.testing.assert_close(a["scores"], b["scores"])
+
+
+def test_a_path_is_read_upright_and_16_bit_scaled_as_training_reads_it(detector, tmp_path):
+    raw = shapes_image(3)  # stored 90 wide, 60 high
+    orientation = Image.Exif()
+    orientation[0x0112] = 6  # displayed turned 90 degrees clockwise: 60 wide, 90 high
+    Image.fromarray(raw).save(tmp_path / "turned.png", exif=orientation)
+    upright = torch.from_numpy(np.rot90(raw, k=-1).copy()).permute(2, 0, 1)
+    turned = detector.predict(tmp_path / "turned.png", score_threshold=0.0)
+    check(turned, 90, 60)
+    assert_same_detections(turned, detector.predict(upright, score_threshold=0.0))
+    # 16-bit values 1000 + 8 * gray span 1000..3040: scaled by their range they are the gray image again
+    gray = raw[:, :, 0].copy()
+    gray[0, 0], gray[0, 1] = 0, 255
+    Image.fromarray((1000 + 8 * gray.astype(np.uint16))).save(tmp_path / "deep.png")
+    expected = torch.from_numpy(np.repeat(gray[:, :, None], 3, axis=2)).permute(2, 0, 1)
+    assert_same_detections(detector.predict(str(tmp_path / "deep.png"), score_threshold=0.0),
+                           detector.predict(expected, score_threshold=0.0))
+
+
+def predict_tool():
+    path = Path(__file__).resolve().parents[1] / "tools" / "predict.py"
+    spec = importlib.util.spec_from_file_location("predict_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_predict_tool_skips_a_bad_image_and_keeps_same_stem_outputs_apart(checkpoint, tmp_path, capsys):
+    images = tmp_path / "in"
+    good = ["a/x.jpg", "b/x.jpg", "a/x.png"]  # one stem, two folders, two extensions
+    for seed, name in enumerate(good):
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(shapes_image(seed)).save(images / name)
+    (images / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    given = [str(images / "a"), str(images / "b"), str(images / "a" / "x.jpg")]  # a/x.jpg twice: predicted once
+    status = predict_tool()(["--checkpoint", str(checkpoint), "--images", *given, "--out-dir", str(out),
+                             "--score", "0", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 1  # some images skipped, the others predicted
+    assert len([line for line in err.splitlines() if "broken.jpg" in line]) == 1 and "cannot decode image" in err
+    records = json.loads((out / "detections.json").read_text())
+    assert sorted(r["image"] for r in records) == sorted(str(images / name) for name in good)
+    assert sorted(r["output"] for r in records) == ["a/x.jpg.pred.png", "a/x.png.pred.png", "b/x.jpg.pred.png"]
+    drawn = {(out / r["output"]).read_bytes() for r in records}
+    assert len(drawn) == 3  # three different images drawn, none overwritten
+    detector = Detector.from_checkpoint(checkpoint, device="cpu")
+    for record in records:  # each record holds the detections of its own image
+        expected = detector.predict(record["image"], score_threshold=0.0)
+        assert [d["score"] for d in record["detections"]] == pytest.approx(expected["scores"].tolist())
+    # nothing readable: nothing predicted
+    assert predict_tool()(["--checkpoint", str(checkpoint), "--images", str(images / "a" / "broken.jpg"),
+                           "--out-dir", str(tmp_path / "none"), "--device", "cpu"]) == 2
