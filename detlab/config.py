@@ -96,13 +96,29 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: str = choice("synthetic", DATASETS)
-    root: str | None = None  # voc: the folder holding VOCdevkit; coco: the folder holding annotations/
+    # voc: the folder holding VOCdevkit; coco: the folder holding annotations/; yolo: the dataset YAML;
+    # flat_voc: the folder of XMLs
+    root: str | None = None
+    images: str | None = None  # flat_voc: the images' folder; None: root (images beside the XMLs)
     # voc: VOCdevkit/VOC<year> (a single year works)
     years: list[str] = setting(default_factory=lambda: ["2007"], check=nonempty)
     val_years: list[str] | None = setting(None, check=nonempty)  # voc: the validation splits' years; None: years
-    # voc: ImageSets/Main/<split>.txt of every year; coco: images <root>/<split>, annotations/instances_<split>.json
-    train_splits: list[str] = setting(default_factory=lambda: ["trainval"], check=nonempty)
-    val_splits: list[str] = setting(default_factory=lambda: ["test"], check=nonempty)
+    # voc: ImageSets/Main/<split>.txt of every year; coco: images <root>/<split>, annotations/instances_<split>.json;
+    # yolo: keys of the dataset YAML; flat_voc: list files of XML stems or file names (relative to root unless
+    # found as given). None: the format's own (voc trainval/test, coco train2017/val2017, yolo train/val,
+    # flat_voc a seeded data.val_fraction split)
+    train_splits: list[str] | None = setting(None, check=nonempty)
+    val_splits: list[str] | None = setting(None, check=nonempty)
+    val_fraction: float = setting(0.2, check=lambda v: None if 0 < v < 1 else "must lie between 0 and 1")
+    # the class names in label order; then a name outside it (and outside ignore_classes) in the annotations is
+    # an error. None: the names found (printed with their box counts when training starts)
+    classes: list[str] | None = setting(None, check=nonempty)
+    ignore_classes: list[str] = field(default_factory=list)  # names of ignore regions (e.g. [ignore, DontCare])
+    keep_backgrounds: bool = True  # train on images without objects (negatives only); false leaves them out
+    strict: bool = False  # raise on what readers otherwise fix with a counted warning (boxes, duplicates, ...)
+    # leave out training/validation images that are missing, truncated or undecodable (one counted warning when
+    # the datasets are built) instead of raising naming the first of them
+    skip_bad_images: bool = False
     val_on_train: bool = False  # evaluate on the training images (memorisation checks)
     max_train_images: int | None = None  # keep the first N training images
     synthetic_train: int = 960  # synthetic: number of images (train seed = seed, val seed = seed + 1)

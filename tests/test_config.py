@@ -49,7 +49,7 @@ YOLO_KEYS = "model.yolov3.{image_size, neck_channels, anchors, box_loss"
     ("model.name=yolov4", r"model.name = 'yolov4' is not valid; valid choices: yolov3"),
     ("train.optimizer=rmsprop", r"train.optimizer = 'rmsprop' is not valid; valid choices: sgd, adam, adamw"),
     ("train.amp=fp8", r"train.amp = 'fp8' is not valid; valid choices: off, fp16, bf16"),
-    ("data.dataset=kitti", r"data.dataset = 'kitti' is not valid; valid choices: synthetic, voc, coco"),
+    ("data.dataset=kitti", r"data.dataset = 'kitti' is not valid; valid choices: synthetic, voc, flat_voc, yolo, coco"),
     ("train.epochs=many", r"train.epochs: expected int, got 'many'"),
     ("model.yolov3.neck_channels=[1, x]", r"model.yolov3.neck_channels\[1\]: expected int"),
     ("train.epochs", r"expected key=value"),
@@ -191,7 +191,7 @@ def test_splits_and_years_take_lists_or_a_single_string(tmp_path):
     data = load_config(path).data
     assert data.years == ["2007", "2012"] and data.train_splits == ["trainval"]
     assert data.val_years == ["2007"] and data.val_splits == ["test"]
-    with pytest.raises(ConfigError, match=r"data.train_splits: expected list\[str\], got True"):
+    with pytest.raises(ConfigError, match=r"data.train_splits: expected list\[str\] \| None, got True"):
         load_config(None, ["data.train_splits=true"])
 
 

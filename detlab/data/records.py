@@ -1,9 +1,9 @@
-"""Annotation records, the one place that checks boxes, image loading, and the dataset base class.
+"""Annotation records, the one place that checks boxes, and the dataset base class (images: :mod:`detlab.data.images`).
 
 VOC and COCO parse their files into :class:`ImageRecord` lists (one per image, numpy arrays, original pixels);
 :class:`DetectionDataset` turns a record into ``(image, target)``; the writers and the converter read records.
 Every box from a file goes through :func:`sanitize_boxes`: a box partly outside the image is clipped, one left
-empty (``x2 <= x1`` or ``y2 <= y1``) is dropped, and each fix is counted in a :class:`BoxReport` that warns once
+empty (``x2 <= x1`` or ``y2 <= y1``) is dropped, and each fix is counted in a :class:`FixReport` that warns once
 per dataset with the totals and the first offending file/field -- nothing is dropped silently. Everything else
 that is wrong in a file raises :class:`DataError` naming the file and the field.
 """
@@ -16,16 +16,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
+
+from detlab.data.errors import DataError
+from detlab.data.images import (  # noqa: F401 (re-exported: the readers and tools import them from here)
+    ImageFileError, check_annotated_size, image_size, load_image)
 
 # decimals of coordinates the writers put in files: enough for any pixel box, and keeps x1 + w - x1 from
 # printing float noise such as 212.31000000000003
 COORD_DECIMALS = 6
-
-
-class DataError(ValueError):
-    """A dataset file is missing, unreadable or malformed; the message names the file and the field."""
 
 
 @dataclass
@@ -59,10 +58,74 @@ class ImageRecord:
                            self.ignore_boxes)
 
 
+#: The class name writers give ignore regions (formats have no ignore flag); read back with
+#: ``ignore_classes=[IGNORE_NAME]``.
+IGNORE_NAME = "ignore"
+
+#: File extensions read as images (any case), in the order a file is looked for by its stem.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def find_image(folder: Path, stem: str) -> Path | None:
+    """``folder/<stem><ext>`` for the first usual image extension that exists, in any case (``.JPG``), else None."""
+    for extension in IMAGE_EXTENSIONS:
+        for candidate in (extension, extension.upper()):
+            path = Path(folder) / f"{stem}{candidate}"
+            if path.is_file():
+                return path
+    matches = [p for p in Path(folder).glob(f"{glob_escape(stem)}.*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return matches[0] if matches else None  # mixed case such as .Jpg
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters quoted (file stems may hold ``[`` or ``*``)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+class ClassMap:
+    """Annotation class names -> labels 0..C-1, or ignore regions.
+
+    ``class_names`` is ``classes`` (``data.classes``: then a name outside it is an error) or, when that is None, the
+    names found, sorted (or in ``order`` when the format has one, e.g. YOLO's ``names``), minus ``ignore``
+    (``data.ignore_classes``: those objects become ignore regions, never classes).
+    """
+
+    def __init__(self, found: Sequence[str], classes: Sequence[str] | None = None, ignore: Sequence[str] = (),
+                 order: Sequence[str] | None = None):
+        self.ignore = frozenset(ignore)
+        self.fixed = classes is not None
+        if classes is not None:
+            overlap = self.ignore.intersection(classes)
+            if overlap:
+                raise DataError(f"data.ignore_classes and data.classes both name {sorted(overlap)}")
+            names = list(classes)
+        else:
+            names = list(order) if order is not None else sorted(set(found))
+        self.class_names = tuple(name for name in names if name not in self.ignore)
+        self.index = {name: label for label, name in enumerate(self.class_names)}
+
+    def label(self, name: str, where: str) -> int | None:
+        """The label of ``name`` (None: an ignore region); an unknown name raises naming ``where`` (file and
+        field, e.g. ``a.xml: object[2]/name``)."""
+        if name in self.ignore:
+            return None
+        if name not in self.index:
+            raise DataError(f"{where} {name!r} is not a known class (known: {', '.join(self.class_names)}); fix "
+                            f"the annotation, or name it in data.classes or data.ignore_classes")
+        return self.index[name]
+
+
 def make_record(image_path, image_id: int, width: int, height: int, boxes, labels, *, source: str,
-                where: Sequence[str], report: "BoxReport", difficult=None, iscrowd=None, area=None) -> ImageRecord:
-    """Build an :class:`ImageRecord`, passing its boxes through :func:`sanitize_boxes`; ``where[i]`` names box
-    i's file and field for messages. Missing flags default to False and a missing area to the box area."""
+                where: Sequence[str], report: "FixReport", difficult=None, iscrowd=None, area=None,
+                ignore_boxes=None) -> ImageRecord:
+    """Build an :class:`ImageRecord`, passing its boxes (and ``ignore_boxes``, float[K, 4] xyxy) through
+    :func:`sanitize_boxes`; ``where[i]`` names box i's file and field for messages. Missing flags default to False
+    and a missing area to the box area."""
+    ignore_boxes = np.asarray([] if ignore_boxes is None else ignore_boxes, dtype=np.float64).reshape(-1, 4)
+    if len(ignore_boxes):
+        ignore_boxes, keep = sanitize_boxes(ignore_boxes, width, height, [f"{source}: ignore region"] *
+                                            len(ignore_boxes), report)
+        ignore_boxes = ignore_boxes[keep]
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     n = len(boxes)
     labels = np.asarray(labels, dtype=np.int64).reshape(n)
@@ -73,7 +136,7 @@ def make_record(image_path, image_id: int, width: int, height: int, boxes, label
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     area = np.asarray(area, dtype=np.float64).reshape(n)
     record = ImageRecord(Path(image_path), int(image_id), int(width), int(height), boxes, labels, difficult,
-                         iscrowd, area, source)
+                         iscrowd, area, source, ignore_boxes)
     return record.select(keep)
 
 
@@ -91,26 +154,29 @@ def nonempty_boxes(boxes):
     return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
-class BoxReport:
-    """Counts box fixes while a dataset is read and warns once at the end.
+class FixReport:
+    """Counts what a reader fixed or left out while a dataset is read, and warns once at the end.
 
-    With ``strict=True`` the first bad box raises :class:`DataError` instead of being fixed.
+    With ``strict=True`` (``data.strict``) the first problem raises :class:`DataError` instead of being fixed.
     """
 
     PROBLEMS = {
-        "clipped": "box partly outside the image",
-        "dropped": "empty box (x2 <= x1 or y2 <= y1, or wholly outside the image)",
+        "clipped": "box partly outside the image (clipped)",
+        "dropped": "empty box (x2 <= x1 or y2 <= y1, or wholly outside the image; left out)",
+        "duplicate": "duplicate label row (left out)",
+        "no_annotation": "image listed without its annotation file (read as a background image)",
     }
 
     def __init__(self, strict: bool = False):
         self.strict = strict
         self.counts = Counter()
         self.first = {}  # action -> "file: field: detail" of its first occurrence
-        self.total = 0
+        self.total = 0  # boxes read
 
     def add(self, action: str, where: str, detail: str) -> None:
         if self.strict:
-            raise DataError(f"{where}: {self.PROBLEMS[action]}: {detail}")
+            raise DataError(f"{where}: {self.PROBLEMS[action]}: {detail} (data.strict: false fixes it with a "
+                            f"warning)")
         self.counts[action] += 1
         self.first.setdefault(action, f"{where}: {detail}")
 
@@ -120,12 +186,12 @@ class BoxReport:
             return
         lines = [f"  {n} {action}: {self.PROBLEMS[action]} (first: {self.first[action]})"
                  for action, n in self.counts.items()]
-        warnings.warn(f"{dataset}: fixed boxes out of {self.total} read (strict_boxes=True raises instead):\n"
-                      + "\n".join(lines), stacklevel=3)
+        warnings.warn(f"{dataset}: fixed {sum(self.counts.values())} problems ({self.total} boxes read; "
+                      f"data.strict: true raises instead):\n" + "\n".join(lines), stacklevel=3)
 
 
 def sanitize_boxes(boxes: np.ndarray, width: float, height: float, where: Sequence[str],
-                   report: BoxReport) -> tuple[np.ndarray, np.ndarray]:
+                   report: FixReport) -> tuple[np.ndarray, np.ndarray]:
     """Check boxes (float64[N, 4] xyxy) read from a file against the image size.
 
     Returns the boxes clipped to the image and keep (bool[N]): False for boxes empty after clipping (``x2 <= x1``,
@@ -141,31 +207,6 @@ def sanitize_boxes(boxes: np.ndarray, width: float, height: float, where: Sequen
         detail = f"box (0-based xyxy) {boxes[i].tolist()} in a {width}x{height} image"
         report.add("clipped" if keep[i] else "dropped", where[i], detail)
     return clipped, keep
-
-
-def load_image(path: Path, source: str = "") -> torch.Tensor:
-    """Tensor[3, H, W] uint8 RGB from an image file; a missing or undecodable file raises :class:`DataError`
-    naming it (and ``source``, the annotation that refers to it)."""
-    referrer = f" (referred to by {source})" if source else ""
-    if not Path(path).is_file():
-        raise DataError(f"image not found: {path}{referrer}")
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as error:  # PIL reports truncated/corrupt files as these
-        raise DataError(f"cannot decode image {path}{referrer}: {error}") from error
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
-
-
-def image_size(path: Path, source: str = "") -> tuple[int, int]:
-    """(width, height) read from the file header only, for annotations that do not state it."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except FileNotFoundError as error:
-        raise DataError(f"image not found: {path} (referred to by {source})") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read image header {path} (referred to by {source}): {error}") from error
 
 
 def record_target(record: ImageRecord, include_difficult: bool = True, include_crowd: bool = False) -> dict:
@@ -196,6 +237,9 @@ class DetectionDataset(Dataset):
     target: boxes (float32[N, 4] xyxy pixels), labels (int64[N] in 0..C-1), image_id (int), orig_size
     (int64[2]: height, width), difficult and iscrowd (bool[N]), area (float32[N]), ignore_boxes (float32[K, 4]
     xyxy pixels: ignore regions, class-agnostic; empty unless ``data.ignore_classes`` names some).
+    The image is read by :func:`detlab.data.images.load_image`: upright by its EXIF orientation, converted to 8-bit
+    RGB. Its size must be the record's: one that is the stored size of an EXIF-turned image (boxes drawn on the
+    un-rotated pixels) or any other size is a :class:`DataError` naming the annotation and the image.
 
     Args:
         include_difficult: keep VOC ``difficult`` objects (flagged; VOC eval ignores them) or leave them out.
@@ -209,6 +253,7 @@ class DetectionDataset(Dataset):
         self.transforms = transforms
         self.include_difficult = include_difficult
         self.include_crowd = include_crowd
+        self.fixes = Counter()  # what the reader fixed, by FixReport problem (for summaries)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -216,9 +261,8 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         image = load_image(record.image_path, record.source)
-        if tuple(image.shape[1:]) != (record.height, record.width):
-            raise DataError(f"{record.source}: size says {record.width}x{record.height} but {record.image_path} "
-                            f"is {image.shape[2]}x{image.shape[1]}")
+        size = (image.shape[2], image.shape[1])
+        check_annotated_size(record.image_path, size, record.width, record.height, record.source)
         target = self.target(index)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
@@ -235,6 +279,19 @@ class DetectionDataset(Dataset):
     def __repr__(self) -> str:
         boxes = sum(len(r.boxes) for r in self.records)
         return f"{type(self).__name__}({len(self)} images, {boxes} boxes, {len(self.class_names)} classes)"
+
+
+def leave_out_backgrounds(dataset: DetectionDataset, what: str) -> int:
+    """Remove the images without objects (crowd regions do not count when ``include_crowd`` is off) from
+    ``dataset`` (a DetectionDataset, or a ConcatDataset of them via ``datasets``); says how many in one warning
+    naming ``what``. Returns the count."""
+    before = len(dataset.records)
+    dataset.records = [r for r in dataset.records if (~r.iscrowd).any() or (dataset.include_crowd and len(r.boxes))]
+    left_out = before - len(dataset.records)
+    if left_out:
+        warnings.warn(f"{what}: left out {left_out} of {before} images without objects (background images)",
+                      stacklevel=2)
+    return left_out
 
 
 def concat_datasets(datasets: Sequence[DetectionDataset], what: str) -> DetectionDataset:
@@ -254,5 +311,7 @@ def concat_datasets(datasets: Sequence[DetectionDataset], what: str) -> Detectio
     if repeated:
         raise DataError(f"{what}: image id {repeated[0]} is in more than one of the datasets "
                         f"({len(repeated)} ids repeated)")
-    return DetectionDataset(records, first.class_names, first.transforms, include_difficult=first.include_difficult,
-                            include_crowd=first.include_crowd)
+    merged = DetectionDataset(records, first.class_names, first.transforms, include_difficult=first.include_difficult,
+                              include_crowd=first.include_crowd)
+    merged.fixes = sum((dataset.fixes for dataset in datasets), Counter())
+    return merged

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from detlab.data.coco import write_coco
-from detlab.data.records import BoxReport, ImageRecord, make_record, record_target
+from detlab.data.records import FixReport, ImageRecord, make_record, record_target
 from detlab.data.voc import write_voc
 
 SHAPE_CLASSES = ("rectangle", "ellipse", "triangle", "star")
@@ -205,7 +205,7 @@ class SyntheticShapes(Dataset):
         record = make_record(Path(f"{index:06d}.png"), index, self.width, self.height, boxes, labels,
                              source=f"synthetic seed {self.seed} image {index}",
                              where=[f"synthetic image {index} shape {k}" for k in range(len(boxes))],
-                             report=BoxReport(strict=True))
+                             report=FixReport(strict=True))
         if self.cache is not None:  # __getitem__ and record_target copy, so nothing writes into the cached arrays
             self.cache[index] = (image, record)
         return image, record

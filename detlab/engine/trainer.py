@@ -8,7 +8,8 @@ train mode, ``model(images) -> [{"boxes", "scores", "labels"}]`` in eval mode) a
 (:func:`detlab.models.input_pipeline`). Per run folder (``train.out_dir``): ``last.pt`` (the training checkpoint,
 for ``--resume``) and ``best.pt`` (the inference checkpoint of the best evaluation; see
 :mod:`detlab.engine.checkpoint`), ``log.jsonl`` and ``tensorboard/``, ``train_batch0.png``,
-``loss.png``, ``map.png``, ``metrics.json`` and ``pr_curves.png`` of the last evaluation.
+``loss.png``, ``map.png``, ``metrics.json`` and ``pr_curves.png`` of the last evaluation, and
+``splits/{train,val}.txt`` (the images of each split).
 
 Determinism: epoch ``e`` reseeds torch with ``seed + e`` and shuffles with a loader seeded the same way, so an
 epoch's batches and augmentations do not depend on the epochs before it, and ``resume`` continues exactly.
@@ -52,6 +53,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.inputs = input_pipeline(cfg.model)  # the model family says how its images are shaped
         self.data = build_data(cfg.data, self.inputs, t.seed)
+        self.print(self.data.summary())
         self.model = build_model(cfg.model, len(self.data.class_names), list(self.data.class_names))
         apply_strategy(self.model, t.transfer)
         self.model.to(self.device)
@@ -66,6 +68,7 @@ class Trainer:
         self.ema = ModelEMA(self.model, t.ema_decay, t.ema_tau) if t.ema else None
         self.out = Path(t.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.data.write_splits(self.out)  # so the evaluation set of the run is known
         self.epoch, self.history, self.best_metric, self.best_epoch = 0, [], -math.inf, None
         # epochs this run will train: train.epochs, or fewer when train.time_limit cannot hold them (fit_time_limit)
         self.planned_epochs, self.train_seconds = t.epochs, 0.0

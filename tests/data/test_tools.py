@@ -91,3 +91,32 @@ def test_anchors_tool_bad_config_is_one_line(capsys):
     assert _tool("anchors").main(["--set", "model.yolov3.image_size=big"]) == 2
     assert "error: override 'model.yolov3.image_size=big': model.yolov3.image_size: expected int" in \
         capsys.readouterr().err
+
+
+def test_converter_converts_between_the_four_formats_from_the_command_line(voc_cells_dir, tmp_path, capsys):
+    convert = _tool("convert_dataset").main
+    convert(["convert", "--from", "voc", "--source", str(voc_cells_dir), "--split", "val", "--to", "yolo",
+             "--out", str(tmp_path / "yolo")])
+    assert "50 images" in capsys.readouterr().out
+    convert(["convert", "--from", "yolo", "--source", str(tmp_path / "yolo" / "data.yaml"), "--split", "val",
+             "--to", "flat_voc", "--out", str(tmp_path / "flat")])
+    convert(["convert", "--from", "flat_voc", "--source", str(tmp_path / "flat"), "--to", "coco",
+             "--out", str(tmp_path / "flat" / "cells.json")])
+    convert(["convert", "--from", "coco", "--source", str(tmp_path / "flat" / "cells.json"), "--images",
+             str(tmp_path / "flat"), "--to", "voc", "--out", str(tmp_path / "voc"), "--split", "val"])
+    original = VOCDetection(voc_cells_dir, splits="val", classes=["cellbody"])
+    back = VOCDetection(tmp_path / "voc", splits="val", classes=["cellbody"])
+    _same_boxes(original, back)
+    assert [r.image_path.read_bytes() for r in original.records] == [r.image_path.read_bytes() for r in back.records]
+
+
+def test_dataset_stats_tool_reads_yolo_and_flat_voc(voc_cells_dir, tmp_path, capsys):
+    from detlab.data.yolo import write_yolo
+
+    voc = VOCDetection(voc_cells_dir, splits="val", classes=["cellbody"])
+    write_yolo(voc.records, voc.class_names, tmp_path / "yolo", split="val")
+    _tool("dataset_stats").main(["--png", str(tmp_path / "sizes.png"), "yolo", "--source",
+                                 str(tmp_path / "yolo" / "data.yaml"), "--split", "val"])
+    boxes = sum(len(r.boxes) for r in voc.records)
+    out = capsys.readouterr().out
+    assert f"images: 50  boxes: {boxes}" in out and "corrupt or unreadable images: 0" in out

@@ -72,11 +72,11 @@ def test_voc_bad_boxes_are_fixed_with_one_counted_warning(tmp_path):
         dataset = VOCDetection(tmp_path, classes=["dog"])
     assert len(caught) == 1
     message = str(caught[0].message)
-    assert "2 dropped" in message and "1 clipped" in message and "out of 4 read" in message
+    assert "2 dropped" in message and "1 clipped" in message and "4 boxes read" in message
     assert "a.xml: object[1]/bndbox" in message  # the first dropped box, by file and field
     assert dataset.target(0)["boxes"].tolist() == [[0, 0, 64, 20], [1, 1, 10, 10]]
     with pytest.raises(DataError, match=r"a\.xml: object\[0\]/bndbox"):
-        VOCDetection(tmp_path, classes=["dog"], strict_boxes=True)
+        VOCDetection(tmp_path, classes=["dog"], strict=True)
 
 
 @pytest.mark.parametrize("xml, message", [

@@ -12,6 +12,7 @@ from detlab.data.inputs import SquareLetterbox
 from detlab.data.records import concat_datasets
 from detlab.engine.data import build_data
 from detlab.models import input_pipeline
+from tests.data.helpers import write_coco_folder
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -71,3 +72,68 @@ def test_concat_refuses_other_classes_and_repeated_images(tmp_path):
     b.class_names = ("cat", "dog", "cow", "hen")
     with pytest.raises(DataError, match=r"data.val_splits: the datasets have different classes"):
         concat_datasets([a, b], "data.val_splits")
+
+
+def _flat_voc_folder(root: Path, num_images: int = 10) -> Path:
+    from detlab.data.voc import write_flat_voc
+
+    SyntheticShapes(num_images, 48, 64, seed=2).write_coco(root / "src.json", root / "src")
+    records = COCODetection(root / "src", root / "src.json").records
+    return write_flat_voc(records, SyntheticShapes.class_names, root / "flat")
+
+
+def test_flat_voc_splits_by_a_seeded_fraction_or_by_list_files_and_the_split_is_written(tmp_path):
+    flat = _flat_voc_folder(tmp_path)
+
+    def split(*overrides, seed=0):
+        cfg = load_config(None, ["data.dataset=flat_voc", f"data.root={flat}", *overrides])
+        data = build_data(cfg.data, SquareLetterbox(64), seed=seed)
+        return data, data.train.names, data.val.names
+
+    data, train, val = split("data.val_fraction=0.3")
+    assert len(val) == 3 and len(train) == 7 and not set(train) & set(val)
+    assert split("data.val_fraction=0.3")[1:] == (train, val)  # same seed, same split
+    assert split("data.val_fraction=0.3", seed=1)[2] != val
+    written = data.write_splits(tmp_path / "run")
+    assert [p.read_text().split() for p in written] == [train, val]
+    # the written lists read back as list files: the same split
+    again = split(f"data.train_splits=[{written[0]}]", f"data.val_splits=[{written[1]}]")
+    assert again[1:] == (train, val)
+    (tmp_path / "few.txt").write_text("000001.xml\n000004\n")  # names with or without extension; val: the rest
+    assert split(f"data.train_splits=[{tmp_path / 'few.txt'}]")[1] == ["000001", "000004"]
+    (tmp_path / "bad.txt").write_text("000001\nnope\n")
+    with pytest.raises(DataError, match=r"bad\.txt:2: 'nope' has no XML in"):
+        split(f"data.train_splits=[{tmp_path / 'bad.txt'}]")
+
+
+def test_yolo_dataset_through_the_config_and_the_start_of_training_summary(tmp_path):
+    from detlab.data.yolo import write_yolo
+
+    SyntheticShapes(4, 48, 64, seed=5).write_coco(tmp_path / "src.json", tmp_path / "src")
+    source = COCODetection(tmp_path / "src", tmp_path / "src.json")
+    write_yolo(source.records[:3], source.class_names, tmp_path / "yolo", split="train")
+    yaml_path = write_yolo(source.records[3:], source.class_names, tmp_path / "yolo", split="val")
+    cfg = load_config(None, ["data.dataset=yolo", f"data.root={yaml_path}"])
+    data = build_data(cfg.data, SquareLetterbox(64))
+    assert (len(data.train), len(data.val), data.metric) == (3, 1, "voc")
+    assert data.class_names == list(source.class_names)
+    counts = {name: 0 for name in source.class_names}
+    for record in source.records[:3]:
+        for label in record.labels:
+            counts[source.class_names[label]] += 1
+    summary = data.summary().splitlines()
+    assert summary[0].startswith(f"train: 3 images (0 backgrounds), {sum(counts.values())} boxes; per class: ")
+    assert summary[0].endswith(", ".join(f"{name} {n}" for name, n in counts.items()))
+    assert summary[1].startswith("val: 1 images")
+
+
+def test_keep_backgrounds_false_leaves_them_out_with_a_count(tmp_path):
+    image_dir, ann_file = write_coco_folder(tmp_path, [{"id": 1, "image_id": 1, "category_id": 7,
+                                                        "bbox": [1, 2, 10, 20]}])
+    (tmp_path / "annotations").mkdir()
+    ann_file.rename(tmp_path / "annotations" / "instances_images.json")
+    base = ["data.dataset=coco", f"data.root={tmp_path}", "data.train_splits=[images]", "data.val_splits=[images]"]
+    assert len(build_data(load_config(None, base).data, SquareLetterbox(64)).train) == 2
+    with pytest.warns(UserWarning, match=r"data.keep_backgrounds: false, coco training set: left out 1 of 2 images"):
+        data = build_data(load_config(None, base + ["data.keep_backgrounds=false"]).data, SquareLetterbox(64))
+    assert len(data.train) == 1 and len(data.val) == 2  # evaluation keeps every image

@@ -50,6 +50,9 @@ def test_migration_gives_the_config_of_the_same_run(tiny_run):
     new = config_from_dict(torch.load(tiny_run / "last.pt", weights_only=True)["config"])
     migrated = config_from_dict(migrate_flat_layout(OLD_LAYOUT))
     new.train.out_dir = "runs/old"
+    # 0.1 stored VOC's splits; today None stands for the format's own (for VOC the same trainval -> test)
+    assert (new.data.train_splits, new.data.val_splits) == (None, None)
+    new.data.train_splits, new.data.val_splits = ["trainval"], ["test"]
     # nesterov, final_lr_fraction and val_years did not exist in 0.1: their defaults are 0.1's behaviour
     assert migrated == new
     assert migrated.model.yolov3.neck_channels == [16, 32, 64] and migrated.data.years == ["2007"]
