@@ -15,7 +15,7 @@ import sys
 from detlab.data.coco import COCODetection
 from detlab.data.images import check_images
 from detlab.data.convert import FORMATS, read_dataset
-from detlab.data.stats import dataset_stats, format_stats, plot_box_sizes
+from detlab.data.stats import dataset_stats, plot_box_sizes, summary_line
 from detlab.data.synthetic import SyntheticShapes
 from detlab.data.voc import VOCDetection
 from detlab.data.records import DataError
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     else:
         dataset = SyntheticShapes(args.num_images, args.size, args.size, seed=args.seed)
     stats = dataset_stats(dataset)
-    print(format_stats(stats))
+    print(summary_line(stats, args.format))  # the line training prints when it starts
     if hasattr(dataset, "records"):  # read from files: decode every image, as data.skip_bad_images does
         readable = check_images(dataset, skip_bad=True, what=f"{args.format} images")
         print(f"corrupt or unreadable images: {len(dataset) - len(readable)}")

@@ -47,7 +47,11 @@ def base_and_indices(dataset) -> tuple:
 def scan_summary(dataset, split: str) -> str:
     """One line per split as Ultralytics prints on load: ``train: 206 images (3 backgrounds), 641 boxes, 2 ignore
     regions; per class: cellbody 641; fixed: 1 clipped`` (fixes as the reader's counted warning lists them)."""
-    stats = dataset_stats(dataset)
+    return summary_line(dataset_stats(dataset), split)
+
+
+def summary_line(stats: dict, split: str) -> str:
+    """The line of :func:`scan_summary` from :func:`dataset_stats`' figures."""
     line = f"{split}: {stats['images']} images ({stats['empty_images']} backgrounds), {stats['boxes']} boxes"
     if stats["ignore_regions"]:
         line += f", {stats['ignore_regions']} ignore regions"
@@ -83,13 +87,3 @@ def plot_box_sizes(stats: dict, path, bins: int = 30) -> Path:
     ax.set_title(f"{stats['boxes']} boxes in {stats['images']} images")
     fig.tight_layout()
     return save_figure(fig, path)
-
-
-def format_stats(stats: dict) -> str:
-    """A plain-text table of the counts."""
-    lines = [f"images: {stats['images']}  boxes: {stats['boxes']}  images without boxes: {stats['empty_images']}"
-             f"  ignore regions: {stats['ignore_regions']}"]
-    width = max((len(name) for name in stats["boxes_per_class"]), default=5)
-    lines += [f"  {name:<{width}}  {count}" for name, count in stats["boxes_per_class"].items()]
-    lines += [f"fixed: {n} {problem}" for problem, n in stats["fixed"].items()]
-    return "\n".join(lines)

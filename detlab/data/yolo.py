@@ -8,7 +8,9 @@ The dataset YAML (as Ultralytics reads it)::
     test: images/test              # optional
     names: [cell, debris]          # or {0: cell, 1: debris}
 
-Labels are found by Ultralytics' rule: the last ``/images/`` of the image path becomes ``/labels/`` and the
+A list file holds one image path per line: absolute, or relative to the list file's folder (Ultralytics reads
+``./x.jpg`` so and other relative paths from the working directory; a dataset should not depend on where it is
+started from). Labels are found by Ultralytics' rule: the last ``/images/`` of the image path becomes ``/labels/`` and the
 extension ``.txt``. Each line is ``class cx cy w h`` normalised to [0, 1] of the image's displayed size (EXIF
 orientation applied), or a polygon ``class x1 y1 x2 y2 ...`` (segment labels: the box is the polygon's extent).
 An image without a label file, or with an empty one, is a background image. What Ultralytics fixes is fixed with

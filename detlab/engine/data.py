@@ -163,6 +163,9 @@ DATASETS = {"synthetic": _synthetic, "voc": _voc, "flat_voc": _flat_voc, "yolo":
 def build_data(cfg, inputs, seed: int = 0) -> DetectionData:
     """The datasets of ``cfg`` (a DataConfig) shaped by ``inputs`` (the model's input pipeline); a missing folder or
     file is a clear error naming it."""
+    if cfg.images is not None and cfg.dataset != "flat_voc":
+        raise DataError(f"data.images is for data.dataset: flat_voc (the images' folder), not {cfg.dataset} "
+                        f"({'data.root locates the images' if cfg.dataset != 'synthetic' else 'no files'})")
     data = DATASETS[cfg.dataset](cfg, train_transforms(cfg, inputs), seed)
     if not cfg.keep_backgrounds and hasattr(data.train, "records"):  # the synthetic images all have objects
         leave_out_backgrounds(data.train, f"data.keep_backgrounds: false, {cfg.dataset} training set")

@@ -59,7 +59,7 @@ def test_dataset_stats_tool_prints_counts_and_writes_png(coco_mini_dir, tmp_path
                                  str(coco_mini_dir / "train2017"), "--ann",
                                  str(coco_mini_dir / "annotations/instances_train2017.json"), "--include-crowd"])
     out = capsys.readouterr().out
-    assert "images: 80  boxes: 739" in out and "person" in out
+    assert out.startswith("coco: 80 images (") and "backgrounds), 739 boxes; per class: person " in out
     assert (tmp_path / "sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -119,4 +119,5 @@ def test_dataset_stats_tool_reads_yolo_and_flat_voc(voc_cells_dir, tmp_path, cap
                                  str(tmp_path / "yolo" / "data.yaml"), "--split", "val"])
     boxes = sum(len(r.boxes) for r in voc.records)
     out = capsys.readouterr().out
-    assert f"images: 50  boxes: {boxes}" in out and "corrupt or unreadable images: 0" in out
+    assert out.startswith(f"yolo: 50 images (0 backgrounds), {boxes} boxes; per class: cellbody {boxes}\n")
+    assert "corrupt or unreadable images: 0" in out

@@ -104,6 +104,9 @@ def test_flat_voc_splits_by_a_seeded_fraction_or_by_list_files_and_the_split_is_
     (tmp_path / "bad.txt").write_text("000001\nnope\n")
     with pytest.raises(DataError, match=r"bad\.txt:2: 'nope' has no XML in"):
         split(f"data.train_splits=[{tmp_path / 'bad.txt'}]")
+    with pytest.raises(DataError, match=r"data\.images is for data\.dataset: flat_voc .*not voc"):
+        build_data(load_config(None, ["data.dataset=voc", f"data.root={flat}", f"data.images={flat}"]).data,
+                   SquareLetterbox(64))
 
 
 def test_yolo_dataset_through_the_config_and_the_start_of_training_summary(tmp_path):
