@@ -46,7 +46,8 @@ def base_and_indices(dataset) -> tuple:
 
 def scan_summary(dataset, split: str) -> str:
     """One line per split as Ultralytics prints on load: ``train: 206 images (3 backgrounds), 641 boxes, 2 ignore
-    regions; per class: cellbody 641; fixed: 1 clipped`` (fixes as the reader's counted warning lists them)."""
+    regions; per class: cell 630, debris 11; no boxes: dust; fixed: 1 clipped`` (fixes as the reader's counted
+    warning lists them)."""
     return summary_line(dataset_stats(dataset), split)
 
 
@@ -55,7 +56,10 @@ def summary_line(stats: dict, split: str) -> str:
     line = f"{split}: {stats['images']} images ({stats['empty_images']} backgrounds), {stats['boxes']} boxes"
     if stats["ignore_regions"]:
         line += f", {stats['ignore_regions']} ignore regions"
-    line += "; per class: " + ", ".join(f"{name} {n}" for name, n in stats["boxes_per_class"].items())
+    counts = stats["boxes_per_class"]
+    line += "; per class: " + ", ".join(f"{name} {n}" for name, n in counts.items() if n)
+    if not all(counts.values()):  # a class without boxes may be a misspelt data.classes entry: say which
+        line += "; no boxes: " + ", ".join(name for name, n in counts.items() if not n)
     if stats["fixed"]:
         line += "; fixed: " + ", ".join(f"{n} {problem}" for problem, n in stats["fixed"].items())
     return line

@@ -11,6 +11,7 @@ import yaml
 
 from detlab.data import COCODetection, DataError, SyntheticShapes, VOCDetection
 from detlab.data.convert import read_dataset, write_dataset
+from detlab.data.stats import scan_summary
 from detlab.data.synthetic import SHAPE_CLASSES
 from detlab.data.voc import FlatVOCDetection, write_flat_voc, write_voc
 from detlab.data.yolo import YOLODataset, label_path, write_yolo
@@ -218,6 +219,10 @@ def test_yolo_classes_and_ignore_classes(tmp_path):
     assert dataset.target(0)["ignore_boxes"].tolist() == [[8, 6, 24, 18]]
     with pytest.raises(DataError, match=r"a\.txt: object 1 class id 2: 'DontCare' is not a known class"):
         YOLODataset(path, classes=["dog", "cat"])
+    # the line training prints: a class of data.classes without boxes (a misspelling?) is named
+    with_bird = YOLODataset(path, classes=["dog", "cat", "bird"], ignore_classes=["DontCare"])
+    assert scan_summary(with_bird, "train") == ("train: 1 images (0 backgrounds), 2 boxes, 1 ignore regions; "
+                                                "per class: dog 1, cat 1; no boxes: bird")
 
 
 # ---- flat VOC folders and the devkit's quirks

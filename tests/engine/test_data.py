@@ -126,7 +126,9 @@ def test_yolo_dataset_through_the_config_and_the_start_of_training_summary(tmp_p
             counts[source.class_names[label]] += 1
     summary = data.summary().splitlines()
     assert summary[0].startswith(f"train: 3 images (0 backgrounds), {sum(counts.values())} boxes; per class: ")
-    assert summary[0].endswith(", ".join(f"{name} {n}" for name, n in counts.items()))
+    per_class = ", ".join(f"{name} {n}" for name, n in counts.items() if n)
+    empty = [name for name, n in counts.items() if not n]
+    assert summary[0].endswith(per_class + (f"; no boxes: {', '.join(empty)}" if empty else ""))
     assert summary[1].startswith("val: 1 images")
 
 
