@@ -1,4 +1,5 @@
-"""Detection data: VOC, COCO and synthetic-shapes datasets, box-aware transforms, collate and samplers.
+"""Detection data: VOC (devkit and flat folders), COCO, Ultralytics YOLO and synthetic-shapes datasets, box-aware
+transforms, collate and samplers.
 
 Every dataset yields ``(image, target)``: ``image`` a Tensor[3, H, W] uint8 RGB (before transforms) and
 ``target = {"boxes": Tensor[N, 4] float32 xyxy pixels, "labels": Tensor[N] int64 in 0..C-1, "image_id": int,
@@ -11,10 +12,12 @@ from detlab.data.coco import COCODetection, write_coco
 from detlab.data.loader import GroupedBatchSampler, aspect_ratio_groups, batch_images, collate, make_loader
 from detlab.data.records import DataError, DetectionDataset, ImageRecord
 from detlab.data.synthetic import SHAPE_CLASSES, SyntheticShapes, render_shapes
-from detlab.data.voc import VOC_CLASSES, VOCDetection, write_voc
+from detlab.data.voc import VOC_CLASSES, FlatVOCDetection, VOCDetection, write_flat_voc, write_voc
+from detlab.data.yolo import YOLODataset, write_yolo
 
 __all__ = [
-    "COCODetection", "DataError", "DetectionDataset", "GroupedBatchSampler", "ImageRecord", "SHAPE_CLASSES",
-    "SyntheticShapes", "VOCDetection", "VOC_CLASSES", "aspect_ratio_groups", "batch_images", "collate",
-    "make_loader", "render_shapes", "write_coco", "write_voc",
+    "COCODetection", "DataError", "DetectionDataset", "FlatVOCDetection", "GroupedBatchSampler", "ImageRecord",
+    "SHAPE_CLASSES", "SyntheticShapes", "VOCDetection", "VOC_CLASSES", "YOLODataset", "aspect_ratio_groups",
+    "batch_images", "collate", "make_loader", "render_shapes", "write_coco", "write_flat_voc", "write_voc",
+    "write_yolo",
 ]  # fmt: skip
