@@ -1,7 +1,8 @@
 """Annotation records, the one place that checks boxes, and the dataset base class (images: :mod:`detlab.data.images`).
 
-VOC and COCO parse their files into :class:`ImageRecord` lists (one per image, numpy arrays, original pixels);
-:class:`DetectionDataset` turns a record into ``(image, target)``; the writers and the converter read records.
+The readers (VOC devkit and flat folders, YOLO, COCO) parse their files into :class:`ImageRecord` lists (one per
+image, numpy arrays, original pixels); :class:`DetectionDataset` turns a record into ``(image, target)``; the
+writers and the converter read records. :class:`ClassMap` maps annotation names to labels or ignore regions.
 Every box from a file goes through :func:`sanitize_boxes`: a box partly outside the image is clipped, one left
 empty (``x2 <= x1`` or ``y2 <= y1``) is dropped, and each fix is counted in a :class:`FixReport` that warns once
 per dataset with the totals and the first offending file/field -- nothing is dropped silently. Everything else
