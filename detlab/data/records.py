@@ -9,6 +9,7 @@ per dataset with the totals and the first offending file/field -- nothing is dro
 that is wrong in a file raises :class:`DataError` naming the file and the field.
 """
 
+import shutil
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -76,6 +77,12 @@ def find_image(folder: Path, stem: str) -> Path | None:
                 return path
     matches = [p for p in Path(folder).glob(f"{glob_escape(stem)}.*") if p.suffix.lower() in IMAGE_EXTENSIONS]
     return matches[0] if matches else None  # mixed case such as .Jpg
+
+
+def copy_image(source: Path, destination: Path) -> None:
+    """Copy an image file unchanged (writers never re-encode), leaving it alone when it already is the destination."""
+    if not (destination.exists() and destination.resolve() == source.resolve()):
+        shutil.copyfile(source, destination)
 
 
 def glob_escape(text: str) -> str:

@@ -11,15 +11,14 @@ a background image, counted. Anything it cannot interpret raises :class:`~detlab
 the file and the field.
 """
 
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from detlab.data.records import (COORD_DECIMALS, IGNORE_NAME, ClassMap, DataError, DetectionDataset, FixReport, ImageRecord,
-                                 find_image, image_size, make_record)
+from detlab.data.records import (COORD_DECIMALS, IGNORE_NAME, ClassMap, DataError, DetectionDataset, FixReport,
+                                 ImageRecord, copy_image, find_image, image_size, make_record)
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -254,7 +253,7 @@ def _unique_names(records: Sequence[ImageRecord], names: Sequence[str] | None) -
 def _write_annotated_image(record: ImageRecord, class_names: Sequence[str], name: str, image_dir: Path,
                            xml_dir: Path) -> None:
     image_name = f"{name}{Path(record.image_path).suffix}"
-    _copy(Path(record.image_path), image_dir / image_name)
+    copy_image(Path(record.image_path), image_dir / image_name)
     tree = ET.ElementTree(_annotation_xml(record, class_names, image_name))
     ET.indent(tree)
     tree.write(xml_dir / f"{name}.xml", encoding="utf-8")
@@ -284,8 +283,3 @@ def _format_number(value: float) -> str:
     """Integers as integers (what the devkit writes), other values with enough digits to read back exactly."""
     value = round(float(value), COORD_DECIMALS)
     return str(int(value)) if value.is_integer() else repr(value)
-
-
-def _copy(source: Path, destination: Path) -> None:
-    if not (destination.exists() and destination.resolve() == source.resolve()):
-        shutil.copyfile(source, destination)

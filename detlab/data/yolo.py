@@ -10,15 +10,15 @@ The dataset YAML (as Ultralytics reads it)::
 
 A list file holds one image path per line: absolute, or relative to the list file's folder (Ultralytics reads
 ``./x.jpg`` so and other relative paths from the working directory; a dataset should not depend on where it is
-started from). Labels are found by Ultralytics' rule: the last ``/images/`` of the image path becomes ``/labels/`` and the
-extension ``.txt``. Each line is ``class cx cy w h`` normalised to [0, 1] of the image's displayed size (EXIF
-orientation applied), or a polygon ``class x1 y1 x2 y2 ...`` (segment labels: the box is the polygon's extent).
+started from). Labels are found by Ultralytics' rule: the last ``/images/`` of the image path becomes
+``/labels/`` and the extension ``.txt``. Each line is ``class cx cy w h`` normalised to [0, 1] of the image's
+displayed size (EXIF orientation applied), or a polygon ``class x1 y1 x2 y2 ...`` (segment labels: the box is
+the polygon's extent).
 An image without a label file, or with an empty one, is a background image. What Ultralytics fixes is fixed with
 a count: duplicate rows are left out, a box slightly outside the image (up to 1 % of it) is clipped. A value further
 out, a wrong column count, a non-number or an unknown class id is a :class:`DataError` naming the file and line.
 """
 
-import shutil
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -26,8 +26,8 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from detlab.data.records import (IGNORE_NAME, IMAGE_EXTENSIONS, ClassMap, DataError, DetectionDataset, FixReport, ImageRecord,
-                                 image_size, make_record)
+from detlab.data.records import (IGNORE_NAME, IMAGE_EXTENSIONS, ClassMap, DataError, DetectionDataset, FixReport,
+                                 ImageRecord, copy_image, image_size, make_record)
 
 #: How far outside [0, 1] a normalised value may lie and still be clipped (beyond: an error, as the values are
 #: then probably pixels, not fractions of the image).
@@ -224,7 +224,7 @@ def write_yolo(records: Sequence[ImageRecord], class_names: Sequence[str], root,
     label_dir.mkdir(parents=True, exist_ok=True)
     ignore_label = len(class_names)
     for record, name in zip(records, names):
-        _copy(Path(record.image_path), image_dir / name)
+        copy_image(Path(record.image_path), image_dir / name)
         (label_dir / f"{Path(name).stem}.txt").write_text(_label_lines(record, ignore_label))
     lost = {"crowd regions (not written)": sum(int(r.iscrowd.sum()) for r in records),
             "difficult objects (written as objects)": sum(int((r.difficult & ~r.iscrowd).sum()) for r in records)}
@@ -253,9 +253,3 @@ def _label_lines(record: ImageRecord, ignore_label: int) -> str:
 def _short(value: float) -> str:
     """``value`` with :data:`NORMALISED_DECIMALS` decimals, trailing zeros dropped (``0.5``, not ``0.500000``)."""
     return f"{value:.{NORMALISED_DECIMALS}f}".rstrip("0").rstrip(".") or "0"
-
-
-def _copy(source: Path, destination: Path) -> None:
-    if destination.exists() and destination.resolve() == source.resolve():
-        return
-    shutil.copyfile(source, destination)

@@ -233,7 +233,8 @@ def mixed_dataset(folder) -> DetectionDataset:
         Image.fromarray(random_rgb(48, 64)).save(good)
     sizes = [(64, 48), (300, 200), (300, 200), (300, 200), (300, 200), (64, 48)]  # as each file's header says
     records = [make_record(p, i, w, h, [[1, 1, 9, 9]], [0], source=f"ann.json: image id {i}",
-                           where=["ann.json: box"], report=FixReport()) for i, (p, (w, h)) in enumerate(zip(paths, sizes))]
+                           where=["ann.json: box"], report=FixReport())
+               for i, (p, (w, h)) in enumerate(zip(paths, sizes))]
     return DetectionDataset(records, ["thing"])
 
 
