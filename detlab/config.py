@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from detlab.backbones import BACKBONES
+from detlab.errors import DetlabError
 from detlab.engine.data import DATASETS
 from detlab.engine.optim import OPTIMIZERS, SCHEDULES
 from detlab.engine.runtime import AMP_DTYPES, device_problem, threads_problem
@@ -168,7 +169,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(DetlabError, ValueError):
     """A bad configuration: the message names the file or option and the key."""
 
 

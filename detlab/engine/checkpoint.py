@@ -28,6 +28,7 @@ import torch
 
 import detlab
 from detlab.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, migrate_flat_layout
+from detlab.errors import DetlabError
 from detlab.models import architecture_differences, build_model
 
 FORMAT = "detlab.detect/2"
@@ -36,7 +37,7 @@ OLD_FORMAT = "detlab.detect/1"
 KINDS = ("training", "inference")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DetlabError, ValueError):
     """A file that is not a usable detection checkpoint here (unreadable, another format, weights that do not fit,
     another model to resume); the message names the file."""
 

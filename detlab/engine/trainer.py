@@ -27,6 +27,7 @@ from detlab.data import make_loader
 from detlab.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from detlab.engine.data import build_data
 from detlab.engine.ema import ModelEMA
+from detlab.errors import DetlabError
 from detlab.engine.evaluate import evaluate_model, write_report
 from detlab.engine.logger import RunLogger, draw_batch, plot_curves
 from detlab.engine.optim import build_optimizer, lr_schedule
@@ -35,7 +36,7 @@ from detlab.models import architecture_differences, build_model, input_pipeline
 from detlab.transfer import apply_strategy
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(DetlabError, RuntimeError):
     """The loss became NaN or infinite; the run stopped without touching its checkpoints."""
 
 
