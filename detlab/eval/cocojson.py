@@ -3,7 +3,10 @@
 ``json.load`` builds a dict per record: for a results file of 500k detections that costs several times the
 whole evaluation. Here a file is decoded into msgspec Structs that declare only the fields evaluation (or a
 dataset reader) needs - every other field, segmentations included, is skipped without building Python objects -
-and each field is then gathered into one array.
+and each field is then gathered into one array. A results file, where that is still the cost, is first given to
+the native reader (``detlab.ops.coco_json``), which fills the columns without any Python object; it reads only
+what it can read exactly as the msgspec decoder does and hands any other file (numbers as strings, a real error)
+back to it, so both paths give the same columns or the same error.
 
 Contract: every malformed input raises one ``ValueError`` of one line naming the file, the entry and the field,
 e.g. ``dets.json: detection #12: field 'bbox': expected `array` of length 4``. Values are read as the previous
@@ -24,6 +27,9 @@ from typing import Annotated, Any
 
 import msgspec
 import numpy as np
+import torch
+
+from detlab.ops.coco_json import read_coco_results_columns
 
 # an id that fits the int64 columns: beyond it, a ValidationError naming the entry rather than an OverflowError
 Id = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
@@ -115,7 +121,7 @@ class CocoResultColumns:
 
 def read_coco_annotations(path: str | Path) -> CocoAnnotationColumns:
     """COCO annotation JSON (``images``, ``annotations``, ``categories``) -> ``CocoAnnotationColumns``."""
-    data = _decode(path, _ANNOTATION_DECODER, "annotation")
+    data = _decode(_read(path, "annotation"), path, _ANNOTATION_DECODER, "annotation")
     images, anns, cats = data.images, data.annotations, data.categories
     return CocoAnnotationColumns(
         image_ids=_gather(images, "id", np.int64),
@@ -135,37 +141,54 @@ def read_coco_annotations(path: str | Path) -> CocoAnnotationColumns:
 
 def read_coco_results(path: str | Path) -> CocoResultColumns:
     """COCO results JSON (a list of {image_id, category_id, bbox [x, y, w, h], score}) -> ``CocoResultColumns``."""
-    dets = _decode(path, _RESULTS_DECODER, "results")
+    raw = _read(path, "results")
+    native = read_coco_results_columns(torch.from_numpy(raw))
+    if native is not None:
+        columns = CocoResultColumns(*(column.numpy() for column in native))
+    else:  # what the native reader gave back: msgspec reads it, or names what is wrong
+        columns = _results_from_structs(_decode(raw, path, _RESULTS_DECODER, "results"))
+    _finite(columns.boxes_xywh, path, "detection", "bbox")
+    _finite(columns.scores, path, "detection", "score")
+    return columns
+
+
+def _results_from_structs(dets: list[_Detection]) -> CocoResultColumns:
+    """The msgspec path's columns: the decoded detections gathered field by field."""
     return CocoResultColumns(
         image_id=_gather(dets, "image_id", np.int64),
         category_id=_gather(dets, "category_id", np.int64),
-        boxes_xywh=_finite(_gather_boxes(dets), path, "detection", "bbox"),
-        scores=_finite(_gather(dets, "score", np.float64), path, "detection", "score"),
+        boxes_xywh=_gather_boxes(dets),
+        scores=_gather(dets, "score", np.float64),
     )
 
 
-def _decode(path: str | Path, decoder: msgspec.json.Decoder, what: str):
-    """The decoded file; a one-line ValueError naming it when it cannot be read, parsed or validated."""
+def _read(path: str | Path, what: str) -> np.ndarray:
+    """The file's bytes (uint8[B], writable, so that torch can share them without a copy); a one-line ValueError
+    naming it when it cannot be read."""
     try:
-        raw = Path(path).read_bytes()
+        return np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise ValueError(f"{path}: cannot read the {what} file: {e.strerror}") from None
+
+
+def _decode(raw: np.ndarray, path: str | Path, decoder: msgspec.json.Decoder, what: str):
+    """The decoded bytes of ``path``; a one-line ValueError naming it when they cannot be parsed or validated."""
     try:
-        return decoder.decode(raw)
+        return decoder.decode(memoryview(raw))
     except msgspec.ValidationError as e:  # a subclass of DecodeError: first
         raise ValueError(f"{path}: {_describe(str(e), what)}") from None
     except msgspec.DecodeError as e:
         raise ValueError(f"{path}: malformed JSON in the {what} file: {_near(str(e), raw)}") from None
 
 
-def _near(message: str, raw: bytes) -> str:
+def _near(message: str, raw: np.ndarray) -> str:
     """msgspec's "JSON is malformed: invalid character (byte 756)" with the text around that byte, which tells
     more than an offset into a one-line file (e.g. a NaN that Python's json.dump wrote)."""
     detail = message.removeprefix("JSON is malformed: ")
     at = re.search(r"\(byte (\d+)\)", detail)
     if at:
         i = int(at.group(1))
-        detail += f" near {raw[max(i - 30, 0) : i + 30].decode('utf-8', 'replace')!r}"
+        detail += f" near {raw[max(i - 30, 0) : i + 30].tobytes().decode('utf-8', 'replace')!r}"
     return detail
 
 

@@ -29,7 +29,7 @@ import torch
 
 LIBRARY_NAME = "detlab_ops"
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
-CPU_SOURCES = ("ops.cpp", "nms_cpu.cpp", "roi_align_cpu.cpp")
+CPU_SOURCES = ("ops.cpp", "nms_cpu.cpp", "roi_align_cpu.cpp", "coco_json.cpp")
 CUDA_SOURCES = ("nms_cuda.cu", "roi_align_cuda.cu")
 CXX_FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")  # contract off: same rounding as torchvision
 LD_FLAGS = ("-fopenmp",)  # at::parallel_for runs serially unless the extension itself is built with OpenMP

@@ -186,3 +186,68 @@ def test_eval_from_files_equals_memory_and_pycocotools(tmp_path, seed, dets_per_
     assert np.abs(from_files.stats - ref.stats).max() <= TOL
     assert np.abs(from_files.precision - ref.eval["precision"]).max() <= TOL
     assert np.abs(from_files.recall - ref.eval["recall"]).max() <= TOL
+
+
+# ---- the native reader of results files (detlab.ops.coco_json) and the msgspec decoder it hands files back to
+
+
+def _both_paths(raw: bytes):
+    """(native columns or None, the msgspec path's columns) of one results file's bytes."""
+    import torch
+
+    from detlab.eval.cocojson import _RESULTS_DECODER, _results_from_structs
+    from detlab.ops.coco_json import read_coco_results_columns
+
+    native = read_coco_results_columns(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    return native, _results_from_structs(_RESULTS_DECODER.decode(raw))
+
+
+@pytest.mark.parametrize("spelling", [
+    {},  # json.dumps' own
+    {"indent": 2},
+    {"separators": (",", ":")},
+    {"ensure_ascii": False},
+])
+def test_native_reader_reads_what_tools_write_as_msgspec_does(data, spelling):
+    gt, res = data
+    _, res = _varied(gt, res, seed=1)
+    res[0]["note"] = 'quote " backslash \\ tab \t unicode é \u2603 \U0001f600'  # escapes in a skipped string
+    res[1]["segmentation"] = {"counts": [1, 2, 3], "size": [4, 4], "flags": [True, False, None, -0.5e-3]}
+    res[2]["score"] = 1  # an integer score, an id written 3.0 (from _varied), an exponent
+    res[3]["bbox"] = [1e-300, 2.5e3, 0.1, 12345678901234567890]
+    native, expected = _both_paths(json.dumps(res, **spelling).encode())
+    assert native is not None, "the native reader gave back a plain results file"
+    for column, want in zip(native, vars(expected).values()):
+        assert column.numpy().dtype == want.dtype and np.array_equal(column.numpy(), want)
+
+
+@pytest.mark.parametrize("content", [
+    '[{"image_id": "1", "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5}]',  # ids and numbers as strings
+    '[{"image_id": 1, "category_id": 2, "bbox": ["1", 2, 3, 4], "score": "0.5"}]',
+    '[{"image_id": 1, "category_id": 2, "bbox": [1, 2, 3, 4], "sc\\u006fre": 0.5}]',  # an escaped key: "score"
+    '[{"image_id": 1, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5, "score": 0.7}]',  # a repeated field
+])
+def test_native_reader_gives_back_what_msgspec_reads_another_way(tmp_path, content):
+    from detlab.eval import read_coco_results
+
+    native, expected = _both_paths(content.encode())
+    assert native is None
+    _assert_same_fields(read_coco_results(_write(tmp_path / "dets.json", content)), expected)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("", "malformed JSON"),
+    ('[{"image_id": 1, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5}] x', "malformed JSON"),
+    ('[{"image_id": 01, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5}]', "malformed JSON"),
+    ('[{"image_id": 1, "category_id": 2, "bbox": [1, 2, 3, 4], "score": NaN}]', "near '"),
+    ('[{"image_id": 1.5, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5}]', "detection #0: field 'image_id'"),
+    (f'[{{"image_id": {2**63}, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5}}]', "field 'image_id'"),
+    ('[{"image_id": 1, "category_id": true, "bbox": [1, 2, 3, 4], "score": 0.5}]', "field 'category_id'"),
+    ('[{"image_id": 1, "category_id": 2, "bbox": [1, 2, 3], "score": 0.5}]', "field 'bbox'"),
+    ('[{"image_id": 1, "category_id": 2, "score": 0.5}]', "field 'bbox' is missing"),
+    ('[{"image_id": 1, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 1e999}]', "field 'score': number out of range"),
+])
+def test_what_the_native_reader_refuses_gets_msgspecs_named_error(tmp_path, content, expected):
+    from detlab.eval import read_coco_results
+
+    assert expected in _error(read_coco_results, _write(tmp_path / "dets.json", content))
