@@ -15,18 +15,23 @@ keeps the defaults below (the synthetic-shapes experiment of ``python tools/trai
     data: {dataset: voc, years: [2007, 2012], train_splits: trainval}
     train: {epochs: 50}
 
-Every value is checked when it is read, and the message names the file or override it came from: an unknown key
-(listing the valid ones at that level, sections included), a value of the wrong type, or a choice that the code
-defining it does not know (``choices`` in a field's metadata: the model table, ``BACKBONES``, the YOLO box losses,
-the optimizers ...). The section of a family other than ``model.name`` is an error. A key of the flat layout that
-detlab 0.1 wrote (``model.image_size``, ``data.year``, ...) is named with its new place; :func:`migrate_flat_layout`
-converts such a config, as the checkpoints of that release hold it.
+Every value is checked when it is read, and the message (one line, a :class:`ConfigError`) names the file or
+override it came from, the key and the value: an unknown key (listing the valid ones at that level, sections
+included), a value of the wrong type, a choice that the code defining it does not know (``choices`` in a field's
+metadata: the model table, ``BACKBONES``, the YOLO box losses, the optimizers ...), or a value its field's ``check``
+refuses (:mod:`detlab.settings`: counts at least 1, ``lr`` above 0, one entry per level ...). Then come the checks
+across keys, each naming where its key was set: the family's section against ``model.backbone`` and, for a config
+to run here, ``train.device`` and ``train.amp`` against this machine. The section of a family other than
+``model.name`` is an error. A key of the flat layout that detlab 0.1 wrote (``model.image_size``, ``data.year``, ...)
+is named with its new place; :func:`migrate_flat_layout` converts such a config, as the checkpoints of that release
+hold it.
 
 :func:`load_dataclass` is the same machinery for any flat dataclass (the classification config).
 """
 
 import copy
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,32 +39,39 @@ from pathlib import Path
 
 import yaml
 
-from detlab.backbones import BACKBONES
+from detlab.backbones import BACKBONES, LEVEL_STRIDES
 from detlab.errors import DetlabError
 from detlab.engine.data import DATASETS
 from detlab.engine.optim import OPTIMIZERS, SCHEDULES
-from detlab.engine.runtime import AMP_DTYPES, device_problem, threads_problem
+from detlab.engine.runtime import AMP_DTYPES, device_problem, machine_problems, threads_problem
 from detlab.models import MODELS, model_family
+from detlab.settings import above, at_least, choice, entries, nonempty, setting, within
 from detlab.transfer import strategy_problem
 
-
-def setting(default=dataclasses.MISSING, *, choices=None, check=None, help: str | None = None,
-            default_factory=dataclasses.MISSING):
-    """A dataclass field with what loading checks: ``choices`` (a dict's keys or a tuple, e.g. ``MODELS``), and
-    ``check(value) -> problem or None`` for the rest; ``help`` documents it for command lines."""
-    metadata = {key: value for key, value in (("choices", choices), ("check", check), ("help", help))
-                if value is not None}
-    return field(default=default, default_factory=default_factory, metadata=metadata)
+#: The stages of every backbone, in order (the contract of :class:`detlab.backbones.Backbone`): what the N of
+#: ``transfer: partial:N`` counts.
+BACKBONE_STAGES = ("stem", *LEVEL_STRIDES)
 
 
-def choice(default, choices):
-    """A dataclass field whose value must be one of ``choices``, checked on load."""
-    return setting(default, choices=choices)
+def transfer_problem(strategy: str) -> str | None:
+    """What is wrong with a ``transfer`` setting: its form (:func:`detlab.transfer.strategy_problem`), or an N of
+    ``partial:N`` past the backbone's stages."""
+    problem = strategy_problem(strategy)
+    if problem is None and strategy.startswith("partial:") and int(strategy[len("partial:"):]) > len(BACKBONE_STAGES):
+        return (f"trains more stages than a backbone has: N of partial:N must be in 1..{len(BACKBONE_STAGES)} "
+                f"({', '.join(BACKBONE_STAGES)})")
+    return problem
 
 
-def nonempty(value) -> str | None:
-    """The check of a list that needs at least one entry."""
-    return "must list at least one entry" if value is not None and len(value) == 0 else None
+#: The checks of the settings detection and classification share (the same names, values and meanings).
+BATCH_SIZE = at_least(1)
+EPOCHS = at_least(1)
+LR = above(0)
+WEIGHT_DECAY = at_least(0)
+MOMENTUM = within(0, 1, high_included=False)
+WARMUP_EPOCHS = at_least(0)
+BACKBONE_LR_MULT = at_least(0)
+NUM_WORKERS = at_least(0, "0: load in the training process")
 
 
 @dataclass
@@ -73,9 +85,9 @@ class ModelConfig:
     name: str = choice("yolov3", MODELS)
     backbone: str = choice("resnet18", BACKBONES)
     weights: str | None = None  # None (random init), "imagenet", or a checkpoint path (see detlab.backbones)
-    score_threshold: float = 0.01  # inference: keep detections scoring above it
-    nms_threshold: float = 0.45  # inference: per-class NMS IoU
-    max_detections: int = 100  # inference: per image
+    score_threshold: float = setting(0.01, check=within(0, 1))  # inference: keep detections scoring above it
+    nms_threshold: float = setting(0.45, check=within(0, 1))  # inference: per-class NMS IoU
+    max_detections: int = setting(100, check=at_least(1))  # inference: per image
     section: typing.Any = None  # MODELS[name].config(); None: its defaults
 
     def __post_init__(self):
@@ -121,44 +133,55 @@ class DataConfig:
     # the datasets are built) instead of raising naming the first of them
     skip_bad_images: bool = False
     val_on_train: bool = False  # evaluate on the training images (memorisation checks)
-    max_train_images: int | None = None  # keep the first N training images
-    synthetic_train: int = 960  # synthetic: number of images (train seed = seed, val seed = seed + 1)
-    synthetic_val: int = 100
-    synthetic_size: int = 128
+    max_train_images: int | None = setting(None, check=at_least(1))  # keep the first N training images; None: all
+    # synthetic: number of images (train seed = seed, val seed = seed + 1)
+    synthetic_train: int = setting(960, check=at_least(1))
+    synthetic_val: int = setting(100, check=at_least(1))
+    synthetic_size: int = setting(128, check=at_least(1))
     flip: bool = True
-    scale_jitter: list[float] | None = None  # [low, high] zoom-in factors (>= 1), then crop back to the input size
+    # [low, high] zoom-in factors (>= 1), then crop back to the input size; None: no zoom
+    scale_jitter: list[float] | None = setting(None, check=entries(2, "low, high", each=at_least(1)))
     photometric: bool = False
-    num_workers: int = 0  # 0: load in the training process (best on a 2-core CPU)
+    # loader worker processes; 0: load in the training process (best on a 2-core CPU)
+    num_workers: int = setting(0, check=NUM_WORKERS)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 14  # the most; train.time_limit may cut them
-    batch_size: int = 8
+    epochs: int = setting(14, check=EPOCHS)  # the most, >= 1; train.time_limit may cut them
+    batch_size: int = setting(8, check=BATCH_SIZE)  # images per step, >= 1
     optimizer: str = choice("adamw", OPTIMIZERS)
-    lr: float = 1.5e-3
-    momentum: float = 0.9  # sgd momentum / adam(w) beta1
+    lr: float = setting(1.5e-3, check=LR)  # > 0
+    momentum: float = setting(0.9, check=MOMENTUM)  # sgd momentum / adam(w) beta1, in [0, 1)
     nesterov: bool = True  # sgd
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
+    weight_decay: float = setting(5e-4, check=WEIGHT_DECAY)  # >= 0 (0: none)
+    warmup_epochs: float = setting(1.0, check=WARMUP_EPOCHS)  # >= 0 (0: none)
     schedule: str = choice("cosine", SCHEDULES)
-    final_lr_fraction: float = 0.01  # cosine: the LR at the end, as a fraction of lr
-    milestones: list[float] = field(default_factory=lambda: [0.8, 0.9])  # step: fractions of the epochs
-    gamma: float = 0.1  # step: LR factor at each milestone
-    amp: str = choice("off", AMP_DTYPES)
-    clip_grad_norm: float | None = 10.0
+    # cosine: the LR at the end, as a fraction of lr
+    final_lr_fraction: float = setting(0.01, check=within(0, 1))
+    # step: fractions of the epochs
+    milestones: list[float] = setting(default_factory=lambda: [0.8, 0.9], check=entries(each=within(0, 1)))
+    gamma: float = setting(0.1, check=above(0))  # step: LR factor at each milestone
+    amp: str = choice("off", AMP_DTYPES)  # checked against train.device when a config to run here loads
+    clip_grad_norm: float | None = setting(10.0, check=above(0))  # None: no clipping
     ema: bool = True
-    ema_decay: float = 0.9998
-    ema_tau: float = 500.0  # iterations over which the EMA decay ramps up (early weights move fast)
-    eval_every: int = 5  # epochs; the last epoch is always evaluated
+    ema_decay: float = setting(0.9998, check=within(0, 1))
+    # iterations over which the EMA decay ramps up (early weights move fast)
+    ema_tau: float = setting(500.0, check=above(0))
+    # epochs between evaluations, >= 1 (more than train.epochs: only the last); the last epoch is always evaluated
+    eval_every: int = setting(5, check=at_least(1, "more than train.epochs evaluates only the last epoch"))
     # minutes of training (evaluations included); when the epochs would take longer, train fewer with the LR
     # schedule ending at the last of them (checked after every epoch). None: always train.epochs
-    time_limit: float | None = 14.0
-    transfer: str = setting("full", check=strategy_problem)  # feature_extract | partial:N | full (detlab.transfer)
-    backbone_lr_mult: float | None = None  # backbone LR = lr * this; None: 0.1 with pretrained weights, else 1
+    time_limit: float | None = setting(14.0, check=above(0, "null: no limit"))
+    # feature_extract | partial:N (the last N of the backbone's 5 stages train) | full (detlab.transfer)
+    transfer: str = setting("full", check=transfer_problem)
+    # backbone LR = lr * this (>= 0); None: 0.1 with pretrained weights, else 1
+    backbone_lr_mult: float | None = setting(None, check=BACKBONE_LR_MULT)
     seed: int = 0
-    device: str = setting("auto", check=device_problem)  # auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N
-    threads: int | None = setting(None, check=threads_problem)  # torch CPU threads; None: torch's default
+    # auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N; checked against this machine when a config to run
+    # here loads (load_config without base), not in a checkpoint's stored config
+    device: str = setting("auto", check=device_problem)
+    threads: int | None = setting(None, check=threads_problem)  # torch CPU threads, >= 1; None: torch's default
     out_dir: str = "runs/yolov3_synthetic"
 
 
@@ -190,15 +213,19 @@ MOVED_KEYS = {
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
     """Defaults (or the config dict ``base``, e.g. a checkpoint's), updated by the YAML file ``path`` (if any, after
     the files it inherits from), then by ``overrides`` (``"section.key=value"``, value parsed as YAML:
-    ``train.epochs=5``, ``model.yolov3.neck_channels=[64,128,256]``, ``model.weights=null``)."""
+    ``train.epochs=5``, ``model.yolov3.neck_channels=[64,128,256]``, ``model.weights=null``).
+
+    Without ``base`` this is a config to run here: ``train.device`` and ``train.amp`` are checked against this
+    machine too (:func:`detlab.engine.runtime.machine_problems`). A stored config (``base``,
+    :func:`config_from_dict`) loads on any machine: a checkpoint trained on a GPU still predicts on a CPU."""
     layers = [("base config", base)] if base is not None else []
     if path is not None:
         layers += read_yaml_layers(path)
-    return config_from_layers(layers + parse_overrides(overrides))
+    return config_from_layers(layers + parse_overrides(overrides), here=base is None)
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:
-    """A :class:`Config` from a (possibly partial) nested dict, every value checked."""
+    """A :class:`Config` from a (possibly partial) nested dict, every value checked (not against this machine)."""
     return config_from_layers([(source, data)])
 
 
@@ -209,8 +236,9 @@ def config_to_dict(cfg: Config) -> dict:
     return data
 
 
-def config_from_layers(layers: list[tuple[str, dict]]) -> Config:
-    """The defaults updated by each ``(source, nested dict)`` in turn; errors name the source."""
+def config_from_layers(layers: list[tuple[str, dict]], here: bool = False) -> Config:
+    """The defaults updated by each ``(source, nested dict)`` in turn; errors name the source. ``here``: check
+    ``train.device`` and ``train.amp`` against this machine."""
     name_source, name = "defaults", ModelConfig.name
     for source, layer in layers:
         given = layer.get("model") if isinstance(layer, dict) else None
@@ -232,47 +260,65 @@ def config_from_layers(layers: list[tuple[str, dict]]) -> Config:
             return f"{dotted} is now {MOVED_KEYS[dotted]}"
         return None
 
-    for source, layer in layers:
-        _merge(data, layer, schema, source, explain)
-    model = data["model"]
+    sources = _merge_layers(data, schema, layers, explain)
+    model = dict(data["model"])
     section = model_family(name).config(**model.pop(name))
-    return Config(model=ModelConfig(**model, section=section), data=DataConfig(**data["data"]),
-                  train=TrainConfig(**data["train"]))
+    cfg = Config(model=ModelConfig(**model, section=section), data=DataConfig(**data["data"]),
+                 train=TrainConfig(**data["train"]))
+    _refuse(_combined_problems(cfg, here), data, sources)
+    return cfg
 
 
-def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = (), values: dict | None = None):
+def _combined_problems(cfg: Config, here: bool) -> dict[str, str]:
+    """``{dotted key: problem}`` of the checks across keys: the family's section against ``model.backbone`` (its
+    method ``problems(backbone)``, where it has one) and, ``here``, the machine's."""
+    family_problems = getattr(cfg.model.section, "problems", None)
+    found = family_problems(cfg.model.backbone) if family_problems is not None else {}
+    problems = {f"model.{cfg.model.name}.{key}": problem for key, problem in found.items()}
+    if here:
+        problems.update({f"train.{key}": problem
+                         for key, problem in machine_problems(cfg.train.device, cfg.train.amp).items()})
+    return problems
+
+
+def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = (), values: dict | None = None,
+                   problems=None):
     """An instance of the flat dataclass ``cls``: its defaults, updated by the YAML file ``path`` (with its
-    ``base:`` chain), by ``overrides`` (``"key=value"``) and by ``values`` (already typed, e.g. parsed flags)."""
+    ``base:`` chain), by ``overrides`` (``"key=value"``) and by ``values`` (already typed, e.g. parsed flags).
+    ``problems(instance) -> {key: problem}`` checks across keys; its error names where the key was set."""
     layers = read_yaml_layers(path) if path is not None else []
     layers += parse_overrides(overrides)
     if values:
         layers.append(("command line", values))
     data = dataclasses.asdict(cls())
-    schema = _schema(cls)
-    for source, layer in layers:
-        _merge(data, layer, schema, source, lambda dotted: None)
-    return cls(**data)
+    sources = _merge_layers(data, _schema(cls), layers, lambda dotted: None)
+    instance = cls(**data)
+    if problems is not None:
+        _refuse(problems(instance), data, sources)
+    return instance
 
 
 def read_yaml_layers(path: str | Path, _chain: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
     """``[(file, dict), ...]`` of ``path`` and the files it starts from, the most basic first. ``base:`` names one
     file or a list of files (paths relative to this one), read in order, each with its own bases; this file's keys
-    then apply on top. A missing file, a YAML syntax error (file, line, column) or a cycle of bases is a
-    ConfigError."""
+    then apply on top. A missing or unreadable file, a YAML syntax error (file, line, column) or a cycle of bases is
+    a ConfigError."""
     path = Path(path)
-    if not path.is_file():
-        named_by = f" (a base of {_chain[-1]})" if _chain else ""
+    named_by = f" (a base of {_chain[-1]})" if _chain else ""
+    if not path.exists():
         raise ConfigError(f"config file {path} does not exist{named_by}")
     if path.resolve() in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(path.resolve()):], path.resolve()))
         raise ConfigError(f"config files start from each other in a cycle: {cycle}")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:  # a folder, no permission, not text
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise ConfigError(f"config file {path}{named_by} cannot be read: {reason}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+        raise ConfigError(f"{where}: YAML syntax error: {_yaml_problem(error)}") from None
     loaded = {} if loaded is None else loaded
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
@@ -297,9 +343,14 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, dict]]:
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as error:
-            raise ConfigError(f"{source}: the value is not valid YAML ({getattr(error, 'problem', error)})") from None
+            raise ConfigError(f"{source}: the value is not valid YAML ({_yaml_problem(error)})") from None
         layers.append((source, _nest(key.strip().split("."), parsed)))
     return layers
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What a YAML error says, in one line (a marked error's ``problem``; the first line of the others)."""
+    return getattr(error, "problem", None) or str(error).splitlines()[0]
 
 
 def migrate_flat_layout(data: dict) -> dict:
@@ -340,8 +391,27 @@ def _nest(keys: list[str], value) -> dict:
     return {keys[0]: _nest(keys[1:], value)} if len(keys) > 1 else {keys[0]: value}
 
 
-def _merge(into: dict, update, schema: dict, source: str, explain, prefix: str = "") -> None:
-    """Recursive update of ``into`` by ``update``, every key and value checked against ``schema``."""
+def _merge_layers(data: dict, schema: dict, layers: list[tuple[str, dict]], explain) -> dict[str, str]:
+    """Update ``data`` by each ``(source, layer)`` in turn (:func:`_merge`); ``{dotted key: the source that set it
+    last}``."""
+    sources = {}
+    for source, layer in layers:
+        _merge(data, layer, schema, source, explain, sources)
+    return sources
+
+
+def _refuse(problems: dict[str, str], data: dict, sources: dict[str, str]) -> None:
+    """ConfigError for the first of ``problems`` (``{dotted key: problem}``), naming the key's value in ``data``
+    (nested) and where it was set."""
+    if problems:
+        key, problem = next(iter(problems.items()))
+        value = functools.reduce(lambda level, name: level[name], key.split("."), data)
+        raise ConfigError(f"{sources.get(key, 'defaults')}: {key} = {value!r} {problem}")
+
+
+def _merge(into: dict, update, schema: dict, source: str, explain, sources: dict, prefix: str = "") -> None:
+    """Recursive update of ``into`` by ``update``, every key and value checked against ``schema``; ``sources``
+    records each key's source."""
     if not isinstance(update, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the config'} must be a mapping of "
                           f"{_keys(schema, prefix)}, got {update!r}")
@@ -351,14 +421,14 @@ def _merge(into: dict, update, schema: dict, source: str, explain, prefix: str =
             reason = explain(dotted) or f"unknown key {dotted!r}; valid keys: {_keys(schema, prefix)}"
             raise ConfigError(f"{source}: {reason}")
         if isinstance(schema[key], dict):
-            _merge(into[key], value, schema[key], source, explain, f"{dotted}.")
+            _merge(into[key], value, schema[key], source, explain, sources, f"{dotted}.")
             continue
         leaf = schema[key]
         checked = _checked(value, leaf.hint, f"{source}: {dotted}")
         problem = _problem(checked, leaf.choices, leaf.check)
         if problem:
             raise ConfigError(f"{source}: {dotted} = {checked!r} {problem}")
-        into[key] = checked
+        into[key], sources[dotted] = checked, source
 
 
 def _problem(value, choices, check) -> str | None:

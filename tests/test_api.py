@@ -199,3 +199,26 @@ def test_predict_tool_skips_a_bad_image_and_keeps_same_stem_outputs_apart(checkp
     # nothing readable: nothing predicted
     assert predict_tool()(["--checkpoint", str(checkpoint), "--images", str(images / "a" / "broken.jpg"),
                            "--out-dir", str(tmp_path / "none"), "--device", "cpu"]) == 2
+
+
+@pytest.mark.parametrize("empty", [torch.zeros(3, 0, 5, dtype=torch.uint8), np.zeros((4, 0, 3), np.uint8),
+                                   Image.new("RGB", (0, 0))])
+def test_an_image_without_pixels_is_a_value_error(checkpoint, empty):
+    detector = Detector.from_checkpoint(checkpoint, device="cpu")
+    with pytest.raises(ValueError, match=r"images: an image has no pixels: shape \(3, \d+, \d+\)"):
+        detector.predict(empty)
+
+
+def test_predict_tool_skips_an_image_over_the_pixel_limit(checkpoint, tmp_path, capsys, monkeypatch):
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(shapes_image(0)).save(images / "small.png")
+    Image.fromarray(np.zeros((200, 300, 3), np.uint8)).save(images / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200 * 300 - 1)  # the shapes image is smaller
+    status = predict_tool()(["--checkpoint", str(checkpoint), "--images", str(images), "--out-dir",
+                             str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert [line for line in err.splitlines() if "large.png" in line and "decompression-bomb guard" in line]
+    assert [r["image"] for r in json.loads((tmp_path / "out" / "detections.json").read_text())] == \
+        [str(images / "small.png")]

@@ -274,3 +274,172 @@ def test_shipped_configs_load_and_the_variants_inherit():
     # the data-only bases fit any model
     for path in sorted((CONFIGS / "datasets").glob("*.yaml")):
         assert load_config(path).model == ModelConfig()
+
+
+# ---- values checked when the config loads (not deep inside torch)
+
+BAD_VALUES = [
+    ("train.batch_size=0", "train.batch_size = 0 must be at least 1"),
+    ("train.epochs=-1", "train.epochs = -1 must be at least 1"),
+    ("train.epochs=0", "train.epochs = 0 must be at least 1"),
+    ("train.eval_every=0", "train.eval_every = 0 must be at least 1 (more than train.epochs evaluates only the last "
+                           "epoch)"),
+    ("train.threads=-2", "train.threads = -2 must be at least 1 (null: torch's default)"),
+    ("data.num_workers=-1", "data.num_workers = -1 must be at least 0 (0: load in the training process)"),
+    ("train.lr=-1", "train.lr = -1.0 must be greater than 0"),
+    ("train.lr=0", "train.lr = 0.0 must be greater than 0"),
+    ("train.weight_decay=-1e-4", "train.weight_decay = -0.0001 must be at least 0"),
+    ("train.momentum=1", "train.momentum = 1.0 must lie in [0, 1)"),
+    ("train.time_limit=0", "train.time_limit = 0.0 must be greater than 0 (null: no limit)"),
+    ("data.scale_jitter=[0.5, 2]", "data.scale_jitter = [0.5, 2.0] has entry [0] = 0.5, which must be at least 1"),
+    ("train.transfer=partial:6", "train.transfer = 'partial:6' trains more stages than a backbone has: N of "
+                                 "partial:N must be in 1..5 (stem, c2, c3, c4, c5)"),
+    ("model.score_threshold=1.5", "model.score_threshold = 1.5 must lie in [0, 1]"),
+    ("model.yolov3.image_size=100", "model.yolov3.image_size = 100 must be a positive multiple of 32 (the stride of "
+                                    "c5)"),
+    ("model.yolov3.image_size=0", "model.yolov3.image_size = 0 must be a positive multiple of 32 (the stride of c5)"),
+    ("model.yolov3.neck_channels=[64, 128]", "model.yolov3.neck_channels = [64, 128] must list 3 entries (one per "
+                                             "level c3, c4, c5), not 2"),
+    ("model.yolov3.neck_channels=[64, 0, 256]", "model.yolov3.neck_channels = [64, 0, 256] has entry [1] = 0, which "
+                                                "must be at least 1"),
+    ("model.yolov3.anchors=[[10, 13], [16, 30]]", "model.yolov3.anchors = [[10.0, 13.0], [16.0, 30.0]] must list 9 "
+                                                  "entries ((w, h), 3 per level), not 2"),
+]  # fmt: skip
+NINE = [[10, 13]] * 8
+
+
+@pytest.mark.parametrize("override, message", [
+    *BAD_VALUES,
+    (f"model.yolov3.anchors={NINE + [[5, 6, 7]]}", "has entry [8] = [5.0, 6.0, 7.0], which must list 2 entries "
+                                                   "(w, h), not 3"),
+    (f"model.yolov3.anchors={NINE + [[5, -6]]}", "has entry [8][1] = -6.0, which must be greater than 0"),
+])  # fmt: skip
+def test_bad_values_name_the_key_and_the_value(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert str(error.value).startswith(f"override {override!r}: ") and str(error.value).endswith(message)
+
+
+FASTER_RCNN = "model.name=faster_rcnn"
+MOBILENET = "model.backbone=mobilenet_v3_large"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([FASTER_RCNN, "model.faster_rcnn.anchor_sizes=[[32], [64]]"],
+     "model.faster_rcnn.anchor_sizes = [[32.0], [64.0]] must list 5 levels of sizes (the maps the RPN of neck fpn on "
+     "resnet18 reads), not 2"),
+    ([FASTER_RCNN, MOBILENET, "model.faster_rcnn.anchor_sizes=[[32], [64], [128], [256], [512]]"],
+     "model.faster_rcnn.anchor_sizes = [[32.0], [64.0], [128.0], [256.0], [512.0]] must list 3 levels of sizes (the "
+     "maps the RPN of neck fpn on mobilenet_v3_large reads), not 5"),
+    ([FASTER_RCNN, "model.faster_rcnn.neck=c4", "model.faster_rcnn.anchor_sizes=[[32], [64]]"],
+     "model.faster_rcnn.anchor_sizes = [[32.0], [64.0]] must list 1 levels of sizes (the maps the RPN of neck c4 on "
+     "resnet18 reads), not 2"),
+    ([FASTER_RCNN, "model.faster_rcnn.anchor_sizes=[[32], [64, 90], [128], [256], [512]]"],
+     "model.faster_rcnn.anchor_sizes = [[32.0], [64.0, 90.0], [128.0], [256.0], [512.0]] must give every level the "
+     "same number of sizes (one RPN head serves all levels)"),
+    ([FASTER_RCNN, "model.faster_rcnn.anchor_sizes=[[32], [], [128], [256], [512]]"],
+     "model.faster_rcnn.anchor_sizes = [[32.0], [], [128.0], [256.0], [512.0]] has entry [1] = [], which must list "
+     "at least one entry"),
+    ([FASTER_RCNN, MOBILENET, "model.faster_rcnn.neck=c4"],
+     "model.faster_rcnn.neck = 'c4' needs a ResNet backbone (res5 is its box head), not model.backbone "
+     "'mobilenet_v3_large'; use neck fpn"),
+    ([FASTER_RCNN, "model.faster_rcnn.min_size=0"], "model.faster_rcnn.min_size = 0 must be at least 1"),
+])  # fmt: skip
+def test_faster_rcnn_levels_must_fit_the_backbone_and_neck(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert str(error.value) == f"override {overrides[-1]!r}: {message}"
+    # every default fits: one size per FPN level of a ResNet, all sizes on each map otherwise
+    for neck, backbone in (("fpn", "resnet18"), ("fpn", "mobilenet_v3_large"), ("c4", "resnet50")):
+        load_config(None, [FASTER_RCNN, f"model.backbone={backbone}", f"model.faster_rcnn.neck={neck}"])
+
+
+def test_a_check_across_keys_names_where_the_key_was_set(tmp_path):
+    path = tmp_path / "frcnn.yaml"
+    path.write_text("model:\n  name: faster_rcnn\n  faster_rcnn:\n    anchor_sizes: [[16], [32], [64], [128], [256]]\n")
+    assert load_config(path).model.faster_rcnn.anchor_sizes == [[16], [32], [64], [128], [256]]
+    # the override changes the backbone; the key that no longer fits was set in the file
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: model.faster_rcnn.anchor_sizes = .* must list 3 "
+                                          rf"levels of sizes \(the maps the RPN of neck fpn on mobilenet_v3_large"):
+        load_config(path, [MOBILENET])
+
+
+def test_the_device_and_amp_must_exist_here_but_a_stored_config_loads_anywhere(monkeypatch, tmp_path):
+    import torch
+
+    from detlab.engine.runtime import DeviceError, resolve_device
+    from detlab.errors import DetlabError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=re.escape("override 'train.device=cuda': train.device = 'cuda' asks for "
+                                                    "CUDA, but no CUDA GPU is visible here; use auto or cpu")):
+        load_config(None, ["train.device=cuda"])
+    # where a device is given outside a config (Detector, --device of eval_det.py and predict.py)
+    with pytest.raises(DeviceError, match=re.escape("device 'cuda' asks for CUDA, but no CUDA GPU is visible here")):
+        resolve_device("cuda")
+    assert issubclass(DeviceError, DetlabError) and resolve_device("auto") == torch.device("cpu")
+    stored = config_to_dict(load_config(None, ["train.amp=bf16"]))
+    stored["train"]["device"] = "cuda:1"  # trained on a GPU machine
+    assert config_from_dict(stored).train.device == "cuda:1"  # a checkpoint's config still loads here ...
+    assert load_config(None, ["model.score_threshold=0.2"], base=stored).train.device == "cuda:1"  # ... and adapts
+    # a GPU machine: an index past its GPUs; bfloat16 on a GPU without it (torch would refuse or disable autocast)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    with pytest.raises(ConfigError, match=re.escape("train.device = 'cuda:2' asks for GPU 2, but this machine has 2 "
+                                                    "(cuda:0 .. cuda:1)")):
+        load_config(None, ["train.device=cuda:2"])
+    path = tmp_path / "bf16.yaml"
+    path.write_text("train:\n  amp: bf16\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: train.amp = 'bf16' is not supported on cuda "
+                                          rf"\(.*bfloat16.*\); use off, or another mode$"):
+        load_config(path, ["train.device=cuda"])
+    assert load_config(path, ["train.device=cuda", "train.amp=fp16"]).train.amp == "fp16"
+
+
+def test_classification_checks_the_keys_it_shares_with_detection_alike(monkeypatch):
+    import torch
+
+    from detlab.classify import ClassifyConfig, load_classify_config
+    from detlab.config import TrainConfig
+
+    shared = ("batch_size", "epochs", "lr", "weight_decay", "momentum", "transfer", "threads", "device")
+    cases = [(override.removeprefix("train."), message.removeprefix("train.")) for override, message in BAD_VALUES
+             if override.removeprefix("train.").split("=")[0] in shared]
+    assert len(cases) == 9
+    for override, message in cases:
+        with pytest.raises(ConfigError) as error:
+            load_classify_config(None, [override])
+        assert str(error.value) == f"override {override!r}: {message}"
+    with pytest.raises(ConfigError, match=re.escape("override 'num_workers=-1': num_workers = -1 must be at least 0 "
+                                                    "(0: load in the training process)")):
+        load_classify_config(None, ["num_workers=-1"])
+    with pytest.raises(ConfigError, match=re.escape("command line: batch_size = 0 must be at least 1")):
+        load_classify_config(None, values={"batch_size": 0})
+    with pytest.raises(ConfigError, match=re.escape("step_size = 0 must be at least 1")):
+        ClassifyConfig(step_size=0)  # built in Python: checked too
+    with pytest.raises(ConfigError, match=re.escape("dataset = 'folder' needs data_dir")):
+        ClassifyConfig(dataset="folder")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=re.escape("override 'device=cuda': device = 'cuda' asks for CUDA, but no "
+                                                    "CUDA GPU is visible here; use auto or cpu")):
+        load_classify_config(None, ["device=cuda"])
+    assert load_classify_config(None, ["amp=bf16"]).amp == "bf16"  # the CPU runs bfloat16 autocast
+    # one check per shared key, not a copy
+    for name in shared:
+        assert ClassifyConfig.__dataclass_fields__[name].metadata["check"] is \
+            TrainConfig.__dataclass_fields__[name].metadata["check"], name
+
+
+def test_config_files_that_cannot_be_read(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^config file {re.escape(str(tmp_path))} cannot be read: Is a directory$"):
+        load_config(tmp_path)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"train:\n  epochs: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=rf"^config file {re.escape(str(binary))} cannot be read: not UTF-8 text$"):
+        load_config(binary)
+    control = tmp_path / "control.yaml"
+    control.write_text("train:\n  epochs: 5\x07\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(control))}: YAML syntax error: unacceptable character "
+                                          rf"#x0007: special characters are not allowed$"):
+        load_config(control)

@@ -15,7 +15,8 @@ import sys
 import torch
 from torch.utils.data import Subset
 
-from detlab.config import load_config
+from detlab.cli import tool
+from detlab.config import ConfigError, load_config
 from detlab.engine.data import build_data
 from detlab.models import build_model, input_pipeline
 from detlab.models.anchor_fitting import best_possible_recall, fit_anchors
@@ -33,26 +34,23 @@ def training_box_sizes(dataset, inputs) -> torch.Tensor:
     return torch.cat(sizes)
 
 
+@tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config; default: the synthetic-shapes experiment")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--iou", type=float, default=0.5, help="IoU a box needs with an anchor to count as recalled")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-        inputs = input_pipeline(cfg.model)
-        data = build_data(cfg.data, inputs)
-        # the model knows its current anchors (configured, or its defaults); no weights are needed for that
-        model = build_model(dataclasses.replace(cfg.model, weights=None), len(data.class_names))
-        current = getattr(model, "anchors", None)
-        if current is None:
-            raise ValueError(f"model.name {cfg.model.name!r} has no (w, h) anchors to fit: tools/anchors.py fits "
-                             f"YOLO-style anchors (Faster R-CNN's are sizes and aspect ratios per level: "
-                             f"model.faster_rcnn.anchor_sizes and .aspect_ratios)")
-    except (FileNotFoundError, ValueError) as e:  # ConfigError and DataError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.set)
+    inputs = input_pipeline(cfg.model)
+    data = build_data(cfg.data, inputs)
+    # the model knows its current anchors (configured, or its defaults); no weights are needed for that
+    model = build_model(dataclasses.replace(cfg.model, weights=None), len(data.class_names))
+    current = getattr(model, "anchors", None)
+    if current is None:
+        raise ConfigError(f"model.name {cfg.model.name!r} has no (w, h) anchors to fit: tools/anchors.py fits "
+                          f"YOLO-style anchors (Faster R-CNN's are sizes and aspect ratios per level: "
+                          f"model.faster_rcnn.anchor_sizes and .aspect_ratios)")
     wh = training_box_sizes(data.train, inputs)
     fitted = fit_anchors(wh, len(current), seed=cfg.train.seed)
     print(f"{len(wh)} boxes, {inputs}")

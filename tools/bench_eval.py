@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detlab.cli import tool
 from detlab.eval import (
     coco_detections_from_columns,
     coco_detections_from_results,
@@ -265,6 +266,7 @@ def print_table(rows: dict, modes: list) -> None:
                   f"| {rss} | {diff} |")  # fmt: skip
 
 
+@tool
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.memory_child:

@@ -25,6 +25,7 @@ import torchvision
 from torchvision.ops import boxes as tv_boxes
 
 from detlab import ops
+from detlab.cli import tool
 from detlab.ops.testing import clustered_boxes, dense_boxes, random_boxes
 
 
@@ -213,6 +214,7 @@ def machine() -> dict:
     return info
 
 
+@tool
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", metavar="PATH", help="write the results and the machine description here")

@@ -40,8 +40,9 @@ from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _r
 from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBN
 
 from detlab.boxes import box_iou
+from detlab.cli import tool
 from detlab.config import load_config
-from detlab.engine.runtime import autocast
+from detlab.engine.runtime import autocast, machine_problems, resolve_device, set_threads, threads_problem
 from detlab.models import build_model
 from detlab.models.torchvision_detectors import DetectorFile, load_into
 from detlab.transfer import apply_strategy
@@ -209,6 +210,7 @@ def run_case(name: str, size, count: int, iterations: int, device: torch.device,
             "same_detections_share": agree, **results}
 
 
+@tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
@@ -216,14 +218,17 @@ def main(argv=None) -> int:
                         help="the model input size the images are resized to (R50-FPN)")
     parser.add_argument("--batch", type=int, default=2, help="images per step")
     parser.add_argument("--iterations", type=int, default=5, help="timed steps per model and mode")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     parser.add_argument("--amp", default="off", choices=["off", "fp16", "bf16"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    problems = {"threads": threads_problem(args.threads), **machine_problems(args.device, args.amp)}
+    for option, problem in problems.items():
+        if problem:
+            parser.error(f"--{option} {getattr(args, option)!r} {problem}")
+    set_threads(args.threads)
+    device = resolve_device(args.device)
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {platform.machine()}, "
           f"{torch.get_num_threads()} threads, device {device}, amp {args.amp}")
     rows = []

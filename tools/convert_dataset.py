@@ -17,13 +17,14 @@ export its object crops as an image-classification folder (for pretraining a bac
 import argparse
 import sys
 
+from detlab.cli import tool
 from detlab.data import COCODetection, VOCDetection
 from detlab.data.convert import FORMATS, coco_to_voc, read_dataset, voc_to_coco, write_dataset
 from detlab.data.crops import export_crops
-from detlab.data.records import DataError
 
 
-def main(argv=None) -> None:
+@tool
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="direction", required=True)
     convert = sub.add_parser("convert", help="any format -> any other (" + ", ".join(FORMATS) + ")",
@@ -86,10 +87,8 @@ def main(argv=None) -> None:
         print(", ".join(f"{name}: {count}" for name, count in counts.items()))
         out = args.out
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, FileExistsError) as error:  # bad input: one clear line, no traceback
-        sys.exit(f"error: {error}")
+    sys.exit(main())

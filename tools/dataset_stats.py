@@ -12,16 +12,17 @@ histogram PNG.
 import argparse
 import sys
 
+from detlab.cli import tool
 from detlab.data.coco import COCODetection
 from detlab.data.images import check_images
 from detlab.data.convert import FORMATS, read_dataset
 from detlab.data.stats import dataset_stats, plot_box_sizes, summary_line
 from detlab.data.synthetic import SyntheticShapes
 from detlab.data.voc import VOCDetection
-from detlab.data.records import DataError
 
 
-def main(argv=None) -> None:
+@tool
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--png", default="box_sizes.png", help="where to save the box-size histogram")
     sub = parser.add_subparsers(dest="format", required=True)
@@ -60,10 +61,8 @@ def main(argv=None) -> None:
         readable = check_images(dataset, skip_bad=True, what=f"{args.format} images")
         print(f"corrupt or unreadable images: {len(dataset) - len(readable)}")
     print(f"box-size histogram: {plot_box_sizes(stats, args.png)}")
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as error:  # bad input: one clear line, no traceback
-        sys.exit(f"error: {error}")
+    sys.exit(main())

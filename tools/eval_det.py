@@ -15,11 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from detlab.cli import tool
+from detlab.data import DataError
 from detlab.eval import coco_detections_from_file, coco_ground_truth_from_file, evaluate_coco
 from detlab.eval.report import format_coco, format_voc, plot_pr_curves, pr_curves, write_json
 from detlab.eval.voc import evaluate_voc_coco
 
 
+@tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", help="COCO results JSON: [{image_id, category_id, bbox, score}]")
@@ -38,12 +41,7 @@ def main(argv=None) -> int:
         return _evaluate_checkpoint(args)
     if not (args.results and args.ann):
         parser.error("give --results and --ann, or --checkpoint")
-    try:
-        gt = coco_ground_truth_from_file(args.ann)
-        dets = coco_detections_from_file(args.results, gt)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    gt, dets = read_json_inputs(args.ann, args.results)
     result = evaluate_voc_coco(gt, dets, args.iou) if args.voc else evaluate_coco(gt, dets)
     print(format_voc(result) if args.voc else format_coco(result))
     out = Path(args.out_dir)
@@ -53,14 +51,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def read_json_inputs(ann: str, results: str):
+    """The ground truth and detections of the two COCO JSON files."""
+    try:
+        gt = coco_ground_truth_from_file(ann)
+        return gt, coco_detections_from_file(results, gt)
+    except ValueError as e:  # detlab.eval.cocojson's contract: one line naming the file, entry and field
+        raise DataError(str(e)) from None
+
+
 def _evaluate_checkpoint(args) -> int:
     from detlab.engine.evaluate import evaluate_checkpoint
 
-    try:
-        evaluation = evaluate_checkpoint(args.checkpoint, args.set, args.out_dir, args.split, args.device)
-    except (FileNotFoundError, ValueError) as e:  # ConfigError, CheckpointError, DataError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    evaluation = evaluate_checkpoint(args.checkpoint, args.set, args.out_dir, args.split, args.device)
     print(evaluation.table)
     print(f"wrote {Path(args.out_dir) / 'metrics.json'} and {Path(args.out_dir) / 'pr_curves.png'}")
     return 0

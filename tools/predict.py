@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from detlab.api import Detector
+from detlab.cli import tool
 from detlab.data.images import ImageKinds, read_image
 from detlab.data.records import IMAGE_EXTENSIONS, DataError
 from detlab.plotting import draw_boxes, figure, save_figure
@@ -68,6 +69,7 @@ def predict_image(detector: Detector, image, score: float, drawn: Path) -> list[
                                            result["labels"].tolist(), result["class_names"])]
 
 
+@tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a detlab detection checkpoint (best.pt or last.pt)")
@@ -76,12 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--score", type=float, default=0.25, help="keep detections scoring at least this")
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
-    try:
-        detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
-        paths = expand(args.images)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
+    paths = expand(args.images)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records, skipped, kinds = [], 0, ImageKinds()

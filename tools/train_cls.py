@@ -15,6 +15,7 @@ import sys
 import typing
 
 from detlab.classify import ClassifyConfig, load_classify_config, train
+from detlab.cli import tool
 
 # older flag -> field
 ALIASES = {"strategy": "transfer", "scheduler": "schedule", "workers": "num_workers"}
@@ -51,12 +52,9 @@ def parse_args(argv=None) -> ClassifyConfig:
     return load_classify_config(config, overrides, values=args)
 
 
+@tool
 def main(argv=None) -> int:
-    try:
-        report = train(parse_args(argv))
-    except (ValueError, FileNotFoundError) as error:  # bad config or data (DataError is a ValueError): one line
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report = train(parse_args(argv))
     print(f"val accuracy {report['accuracy']:.4f} (best epoch {report['best_epoch']}, {report['train_seconds']} s)")
     return 0
 

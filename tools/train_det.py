@@ -9,11 +9,12 @@
 import argparse
 import sys
 
-from detlab.config import ConfigError, load_config
-from detlab.data import DataError
-from detlab.engine import CheckpointError, NonFiniteLossError, train
+from detlab.cli import tool
+from detlab.config import load_config
+from detlab.engine import train
 
 
+@tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (configs/*.yaml); default: the synthetic-shapes experiment")
@@ -21,15 +22,7 @@ def main(argv=None) -> int:
                         help="override config keys, e.g. train.epochs=50 model.backbone=resnet18")
     parser.add_argument("--resume", help="checkpoint (last.pt) of this run to continue from")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-        summary = train(cfg, resume=args.resume)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    summary = train(load_config(args.config, args.set), resume=args.resume)
     print(summary["table"])
     figure = "VOC mAP@0.5" if summary["metric"] == "voc" else "COCO AP@[.5:.95]"
     print(f"{figure}: {summary['headline']:.4f} (AP50 {summary['ap50']:.4f}); best {summary['best_metric']:.4f} "

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import torch
 
 from detlab.backbones.backbone import Backbone
+from detlab.errors import DetlabError
 
 #: ``format`` value of a checkpoint written by :mod:`detlab.classify`. Such a checkpoint is a plain dict with at
 #: least ``backbone`` (a ``BACKBONES`` name) and ``model`` (the classifier's state_dict, whose backbone entries
@@ -22,6 +23,10 @@ CLASSIFY_CHECKPOINT_FORMAT = "detlab.classify/1"
 # Keys of torchvision's classification heads: a backbone has no head, so these are dropped, not "unexpected".
 _TORCHVISION_HEAD_PREFIXES = ("fc.", "classifier.")
 _MAX_LISTED = 12
+
+
+class WeightsError(DetlabError, ValueError):
+    """``model.weights`` names weights that cannot be had (no network, a file that is no weights) or do not fit."""
 
 
 def load_weights(backbone: Backbone, weights: str | os.PathLike | None) -> None:
@@ -42,7 +47,7 @@ def load_weights(backbone: Backbone, weights: str | os.PathLike | None) -> None:
         except OSError as error:  # urllib's errors: no network, proxy, HTTP
             cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(enum.url).path).name
             hint = f"without network, put the file at {cached}"
-            raise RuntimeError(f"cannot download {enum.url} ({error}); {hint}") from error
+            raise WeightsError(f"cannot download {enum.url} ({error}); {hint}") from error
         _load_torchvision_layout(backbone, state, source=f"torchvision weights {enum} ({enum.url})")
         backbone.weights = "imagenet"
         return
@@ -52,9 +57,9 @@ def load_weights(backbone: Backbone, weights: str | os.PathLike | None) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unpickling failure means the same thing to the user
-        raise ValueError(f"{path}: cannot be read as PyTorch weights ({error})") from error
+        raise WeightsError(f"{path}: cannot be read as PyTorch weights ({error})") from error
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict or a detlab checkpoint, found a {type(state).__name__}")
+        raise WeightsError(f"{path}: expected a state_dict or a detlab checkpoint, found a {type(state).__name__}")
     if state.get("format") == CLASSIFY_CHECKPOINT_FORMAT:
         _load_detlab_layout(backbone, _backbone_state(state, path, backbone.name), source=str(path))
     elif all(key.startswith("stages.") for key in state):
@@ -67,7 +72,7 @@ def load_weights(backbone: Backbone, weights: str | os.PathLike | None) -> None:
 def _backbone_state(checkpoint: dict, path: Path, name: str) -> dict[str, torch.Tensor]:
     """The backbone entries of a classification checkpoint, with the ``backbone.`` prefix removed."""
     if checkpoint["backbone"] != name:
-        raise ValueError(
+        raise WeightsError(
             f"{path} is a classification checkpoint of backbone {checkpoint['backbone']!r}; "
             f"it cannot be loaded into backbone {name!r}"
         )
@@ -95,7 +100,7 @@ def _check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor
 
 
 def check_state_fits(expected: dict[str, torch.Tensor], state: dict, header: str) -> None:
-    """Raise a ValueError (``header``, then the lists) naming every key and shape that differs between ``state``
+    """Raise a :class:`WeightsError` (one line: ``header``, then the lists) naming every key and shape that differs between ``state``
     and ``expected``, both in the file's key names.
 
     ``num_batches_tracked`` may be absent (old torchvision files and torchvision's FrozenBatchNorm2d lack it); the
@@ -110,9 +115,9 @@ def check_state_fits(expected: dict[str, torch.Tensor], state: dict, header: str
     ]
     if not (missing or unexpected or mismatched):
         return
-    lines = [header]
+    lists = []
     for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
         if items:
             more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-            lines.append(f"  {title} ({len(items)}): {', '.join(items[:_MAX_LISTED])}{more}")
-    raise ValueError("\n".join(lines))
+            lists.append(f"{title} ({len(items)}): {', '.join(items[:_MAX_LISTED])}{more}")
+    raise WeightsError(f"{header} {'; '.join(lists)}")

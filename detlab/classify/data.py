@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from detlab.data.errors import DataError
 from detlab.data.synthetic import SHAPE_CLASSES, render_shapes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -81,10 +82,10 @@ class ImageFolder(Dataset):
             raise FileNotFoundError(f"{root}: image folder not found (expected {root}/<class>/<image>)")
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not found:
-            raise ValueError(f"{root}: no class folders (expected {root}/<class>/<image>)")
+            raise DataError(f"{root}: no class folders (expected {root}/<class>/<image>)")
         unknown = [name for name in found if classes is not None and name not in classes]
         if unknown:
-            raise ValueError(f"{root / unknown[0]}: class {unknown[0]!r} is not among the training classes "
+            raise DataError(f"{root / unknown[0]}: class {unknown[0]!r} is not among the training classes "
                              f"({', '.join(classes)})")
         self.classes = list(classes) if classes is not None else found
         self.transform = transform
@@ -92,10 +93,10 @@ class ImageFolder(Dataset):
         for name in found:
             files = sorted(p for p in (root / name).iterdir() if not p.name.startswith("."))
             if not files:
-                raise ValueError(f"{root / name}: empty class folder")
+                raise DataError(f"{root / name}: empty class folder")
             for path in files:
                 if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    raise ValueError(f"{path}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
+                    raise DataError(f"{path}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
                 self.samples.append((path, self.classes.index(name)))
 
     def __len__(self) -> int:
@@ -107,7 +108,7 @@ class ImageFolder(Dataset):
             with Image.open(path) as image:
                 array = np.array(image.convert("RGB"))  # a writable copy, as torch.from_numpy wants
         except Exception as error:  # PIL raises several types for unreadable files
-            raise ValueError(f"{path}: cannot read image ({error})") from error
+            raise DataError(f"{path}: cannot read image ({error})") from error
         image = torch.from_numpy(array).permute(2, 0, 1)
         return (self.transform(image) if self.transform else image), label
 

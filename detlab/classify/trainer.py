@@ -21,7 +21,7 @@ from detlab.classify.config import ClassifyConfig
 from detlab.classify.data import build_datasets
 from detlab.classify.model import Classifier
 from detlab.classify.report import confusion_matrix, per_class_accuracy, plot_confusion, plot_history
-from detlab.engine.checkpoint import atomic_save
+from detlab.engine.checkpoint import atomic_save, remove_interrupted_writes
 from detlab.engine.optim import build_optimizer, lr_schedule
 from detlab.engine.runtime import autocast, grad_scaler, resolve_device, set_threads
 from detlab.transfer import apply_strategy, parameter_counts, summary
@@ -42,6 +42,7 @@ def train(config: ClassifyConfig) -> dict:
 
 
 def _train(config: ClassifyConfig, out: Path, log) -> dict:
+    remove_interrupted_writes(out, ("best.pt", "last.pt"), log)
     torch.manual_seed(config.seed)
     set_threads(config.threads)
     device = resolve_device(config.device)

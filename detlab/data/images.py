@@ -25,7 +25,11 @@ Conversions to 8-bit RGB, each counted as a *kind* (:class:`ImageKinds` says onc
   counted as ``16-bit colour``.
 
 A missing, truncated or undecodable file raises :class:`ImageFileError` (a :class:`DataError`) naming it and the
-annotation that refers to it. Truncation is caught because the pixels are decoded here with PIL's default
+annotation that refers to it; so does an image of more pixels than :func:`pixel_limit` (PIL's decompression-bomb
+guard ``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485 by default: a file of a few KB can declare gigapixels and exhaust
+memory when decoded). PIL itself only warns between that limit and twice it; detlab refuses at the limit, reading
+the header only. Whoever trusts such files raises the limit (``PIL.Image.MAX_IMAGE_PIXELS = ...``, or ``None`` for
+none) before detlab reads them. Truncation is caught because the pixels are decoded here with PIL's default
 ``ImageFile.LOAD_TRUNCATED_IMAGES = False`` (code that sets it True makes PIL pad truncated files with grey).
 """
 
@@ -69,6 +73,9 @@ SCALED_MODES = {mode for mode, kinds in MODE_KINDS.items() if {"16-bit", "32-bit
 # what PIL raises for a file it cannot identify (UnidentifiedImageError is an OSError), truncated pixel data
 # (OSError), broken chunks (SyntaxError) and bad headers / decompression bombs
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+TRUST_HINT = "if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS"
 
 
 class ImageFileError(DataError):
@@ -214,9 +221,29 @@ def _opened(path, source: str):
         raise ImageFileError(f"image not found: {path}{referrer}")
     try:
         with Image.open(path) as image:
+            _check_pixel_limit(image, path, referrer)
             yield image
+    except ImageFileError:  # already named (a ValueError, which PIL's errors include)
+        raise
+    except Image.DecompressionBombError as error:  # over twice the limit: PIL refuses it while opening
+        raise ImageFileError(f"image {path}{referrer} is over the pixel limit of {pixel_limit():,} ({error}): "
+                             f"{TRUST_HINT}") from error
     except DECODE_ERRORS as error:
         raise ImageFileError(f"cannot decode image {path}{referrer}: {error}") from error
+
+
+def pixel_limit() -> int | None:
+    """The most pixels an image may have (PIL's ``Image.MAX_IMAGE_PIXELS``, read at each call), None for no limit."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _check_pixel_limit(image: Image.Image, path, referrer: str) -> None:
+    limit = pixel_limit()
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise ImageFileError(
+            f"image {path}{referrer} is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
+            f"(PIL's decompression-bomb guard): {TRUST_HINT}")
 
 
 def _inspect(image: Image.Image, decode: bool = True) -> tuple[int, tuple[str, ...]]:

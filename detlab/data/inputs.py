@@ -16,7 +16,18 @@ original pixels.
 
 from dataclasses import dataclass
 
+import torch
+
 from detlab.data.transforms import Letterbox, Resize
+
+
+def check_model_input(image: torch.Tensor) -> None:
+    """A ValueError unless ``image`` is a Tensor[3, H, W] with pixels (what every family's ``forward`` takes)."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"images: each must be Tensor[3, H, W], got {shape}")
+    if image.numel() == 0:  # resizing it would divide by zero
+        raise ValueError(f"images: an image has no pixels: shape {tuple(image.shape)}")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 The model is anything following torchvision's detection contract in eval mode: ``model(images) -> [{"boxes",
 "scores", "labels"}]`` with boxes in the given images' pixels; targets come untransformed from the dataset.
+A batch that does not fit in the GPU's memory is an :class:`OutOfMemoryError` naming the settings to lower.
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +16,25 @@ from detlab.data import make_loader
 from detlab.engine.checkpoint import load_detector
 from detlab.engine.data import build_data, untransformed
 from detlab.engine.runtime import resolve_device
+from detlab.errors import DetlabError
 from detlab.eval import evaluate_coco_predictions, evaluate_voc, format_coco, format_voc
 from detlab.eval.report import plot_pr_curves, pr_curves, write_json
-from detlab.models import input_pipeline
+from detlab.models import input_pipeline, input_size
+
+
+class OutOfMemoryError(DetlabError, RuntimeError):
+    """A batch did not fit in the device's memory (torch.OutOfMemoryError); the message names the settings that
+    size a batch, with their values, and what to do."""
+
+
+def out_of_memory(error: Exception, cfg, device, doing: str, advice: str) -> OutOfMemoryError:
+    """The :class:`OutOfMemoryError` for torch's ``error`` while ``doing`` (e.g. ``"training epoch 3"``) under the
+    :class:`~detlab.config.Config` ``cfg``: ``train.batch_size`` and the family's input size with their values,
+    what torch failed to allocate, then ``advice``."""
+    sizes = {"train.batch_size": cfg.train.batch_size, **input_size(cfg.model)}
+    asked = re.search(r"Tried to allocate [\d.]+ \w+", str(error))
+    settings = ", ".join(f"{key}={value}" for key, value in sizes.items()) + (f"; {asked[0]}" if asked else "")
+    return OutOfMemoryError(f"out of memory on {device} while {doing} ({settings}): {advice}")
 
 
 @dataclass
@@ -62,15 +80,21 @@ def evaluate_model(model, dataset, class_names: list[str], metric: str, batch_si
 def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None,
                         split: str = "val", device: str = "auto") -> Evaluation:
     """Evaluate a checkpoint on its own config's dataset (``overrides`` change the config, e.g. ``data.root=...``
-    or ``model.score_threshold=0.05``); ``split`` is ``"val"`` or ``"train"``. Writes metrics.json and
-    pr_curves.png into ``out_dir`` when given."""
+    or ``model.score_threshold=0.05``) in batches of its ``train.batch_size`` images, as its training evaluated;
+    ``split`` is ``"val"`` or ``"train"``. Writes metrics.json and pr_curves.png into ``out_dir`` when given."""
     if split not in ("val", "train"):
         raise ValueError(f"split: {split!r} is not valid; valid choices: val, train")
     loaded = load_detector(checkpoint, overrides)
     cfg, device = loaded.config, resolve_device(device)
     data = build_data(cfg.data, input_pipeline(cfg.model), cfg.train.seed)
     dataset = data.val if split == "val" else untransformed(data.train)
-    evaluation = evaluate_model(loaded.model.to(device), dataset, loaded.class_names, data.metric, device=device)
+    try:
+        evaluation = evaluate_model(loaded.model.to(device), dataset, loaded.class_names, data.metric,
+                                    batch_size=cfg.train.batch_size, device=device)
+    except torch.OutOfMemoryError as e:
+        raise out_of_memory(e, cfg, device, f"evaluating {checkpoint}",
+                            "lower train.batch_size, the images per evaluation batch (e.g. train.batch_size=1 in "
+                            "the overrides), or evaluate on the CPU") from e
     if out_dir is not None:
         write_report(evaluation, out_dir, title=Path(checkpoint).name)
     return evaluation

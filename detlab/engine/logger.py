@@ -1,6 +1,11 @@
 """Run logs: one JSON object per line in ``log.jsonl``, mirrored to TensorBoard, and the
 PNGs of a run (first augmented training batch with its boxes, loss and mAP curves).
 
+A run that starts after step ``s`` (a resumed run: its checkpoint's epoch; a new run: 0) drops what both logs hold
+past ``s`` (written after that checkpoint by a run that was then killed, or by an earlier run in the folder), so
+that each step is logged once: ``log.jsonl`` is rewritten without those records, and TensorBoard is told to purge
+them (``SummaryWriter(purge_step=s + 1)``, which exists for exactly this).
+
 Plots are drawn with :mod:`detlab.plotting` (a private Agg canvas, no global matplotlib state).
 """
 
@@ -10,19 +15,36 @@ from pathlib import Path
 
 import torch
 
+from detlab.engine.checkpoint import atomic_write
 from detlab.plotting import draw_boxes, figure, save_figure
 
 
 class RunLogger:
     """``log(record)`` appends ``record`` (a flat dict with ``"kind"`` and ``"step"``) to ``out_dir/log.jsonl``
-    and its numbers to TensorBoard (``out_dir/tensorboard``) as ``kind/key``."""
+    and its numbers to TensorBoard (``out_dir/tensorboard``) as ``kind/key``. Records past ``start_step`` already
+    in either log are dropped first (see the module docstring); ``print_fn`` tells how many."""
 
-    def __init__(self, out_dir: str | Path):
+    def __init__(self, out_dir: str | Path, start_step: int = 0, print_fn=print):
         from torch.utils.tensorboard import SummaryWriter  # here: importing TensorBoard takes a second
 
         self.path = Path(out_dir) / "log.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+        dropped = self.drop_after(start_step)
+        if dropped:
+            print_fn(f"{self.path}: dropped {dropped} record{'s' * (dropped > 1)} past step {start_step} (of an "
+                     f"interrupted or earlier run in this folder; TensorBoard hides them too)")
+        self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1)
+
+    def drop_after(self, step: int) -> int:
+        """Rewrite ``log.jsonl`` (atomically) with only its records up to ``step``; returns how many lines it
+        dropped (a line cut short by a kill is one)."""
+        if not self.path.exists():
+            return 0
+        lines = self.path.read_text().splitlines()
+        kept = [line for line, logged in zip(lines, map(_step, lines)) if logged is not None and logged <= step]
+        if len(kept) < len(lines):
+            atomic_write(self.path, lambda f: f.write("".join(f"{line}\n" for line in kept).encode()))
+        return len(lines) - len(kept)
 
     def log(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -34,6 +56,15 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _step(line: str) -> int | None:
+    """The ``"step"`` of a ``log.jsonl`` line; None for a line that is no record (cut short by a kill)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record.get("step") if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def plot_curves(history: list[dict], keys: list[str], path: str | Path, title: str, ylabel: str) -> None:

@@ -2,16 +2,23 @@
 (``train.device`` ...) and classification (``device`` ...)."""
 
 import contextlib
+import warnings
 
 import torch
+
+from detlab.errors import DetlabError
 
 #: ``amp`` value -> autocast dtype (None: full float32).
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class DeviceError(DetlabError, ValueError):
+    """This machine cannot compute as asked: a device it lacks, or a mixed precision its device does not run."""
+
+
 def device_problem(name: str) -> str | None:
     """What is wrong with the form of the device setting ``name`` (None: nothing). Whether this machine has the
-    device is checked when it is used (:func:`resolve_device`): a checkpoint trained on a GPU still loads here."""
+    device is :func:`machine_problems`' question: a checkpoint trained on a GPU still loads here."""
     if name == "auto":
         return None
     try:
@@ -28,18 +35,52 @@ def threads_problem(threads: int | None) -> str | None:
     return None if threads is None or threads >= 1 else "must be at least 1 (null: torch's default)"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: the GPU when CUDA sees one, else the CPU; otherwise a torch device string (``cpu``, ``cuda:1``).
-    A string that is no device, or CUDA without a visible GPU, is a ValueError saying so."""
-    problem = device_problem(name)
+def machine_problems(device: str, amp: str = "off") -> dict[str, str]:
+    """What keeps this machine from computing on ``device`` with mixed precision ``amp``: ``{"device": problem}``
+    (no such device, no visible GPU, a GPU index past the last) or ``{"amp": problem}`` (torch's autocast refuses
+    or would disable itself there); empty when it can."""
+    problem = device_problem(device) or _availability_problem(device)
     if problem:
-        raise ValueError(f"device {name!r} {problem}")
+        return {"device": problem}
+    if AMP_DTYPES[amp] is None:
+        return {}
+    where = _resolved(device)
+    try:
+        with warnings.catch_warnings():
+            # "... not supported. Disabling autocast" is a UserWarning: a silent fallback to float32 otherwise
+            warnings.simplefilter("error", UserWarning)
+            torch.autocast(where.type, dtype=AMP_DTYPES[amp])
+    except (RuntimeError, UserWarning) as error:
+        reason = str(error).strip().splitlines()[0]
+        return {"amp": f"is not supported on {where} ({reason}); use off, or another mode"}
+    return {}
+
+
+def _availability_problem(name: str) -> str | None:
+    device = _resolved(name)
+    if device.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return "asks for CUDA, but no CUDA GPU is visible here; use auto or cpu"
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        return f"asks for GPU {device.index}, but this machine has {count} (cuda:0 .. cuda:{count - 1})"
+    return None
+
+
+def _resolved(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asks for CUDA, but no CUDA GPU is visible here; use auto or cpu")
-    return device
+    return torch.device(name)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: the GPU when CUDA sees one, else the CPU; otherwise a torch device string (``cpu``, ``cuda:1``).
+    A string that is no device, or a device this machine lacks, is a :class:`DeviceError` saying so."""
+    problem = machine_problems(name).get("device")
+    if problem:
+        raise DeviceError(f"device {name!r} {problem}")
+    return _resolved(name)
 
 
 def set_threads(threads: int | None) -> None:

@@ -12,9 +12,17 @@ for ``--resume``) and ``best.pt`` (the inference checkpoint of the best evaluati
 ``splits/{train,val}.txt`` (the images of each split).
 
 Determinism: epoch ``e`` reseeds torch with ``seed + e`` and shuffles with a loader seeded the same way, so an
-epoch's batches and augmentations do not depend on the epochs before it, and ``resume`` continues exactly.
+epoch's batches and augmentations do not depend on the epochs before it, and ``resume`` continues exactly: a run
+killed at any moment and resumed from its ``last.pt`` ends with the same weights, bit for bit, as one never
+interrupted. What ``--resume`` takes from the checkpoint and what from the config: :mod:`detlab.engine.resume`.
+
+A run that diverges (a NaN or infinite loss or gradient norm, or a loss :data:`EXPLOSION` times its first) stops
+with a :class:`DivergedError`, one that runs out of GPU memory with an
+:class:`~detlab.engine.evaluate.OutOfMemoryError`; both name the settings to change and leave the last checkpoint
+as it was.
 """
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -24,20 +32,33 @@ from tqdm import tqdm
 
 from detlab.config import Config, ConfigError, config_from_dict, config_to_dict
 from detlab.data import make_loader
-from detlab.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from detlab.engine.checkpoint import (CheckpointError, load_checkpoint, remove_interrupted_writes, rng_state,
+                                     save_checkpoint, set_rng_state)
 from detlab.engine.data import build_data
 from detlab.engine.ema import ModelEMA
-from detlab.errors import DetlabError
-from detlab.engine.evaluate import evaluate_model, write_report
+from detlab.engine.evaluate import evaluate_model, out_of_memory, write_report
 from detlab.engine.logger import RunLogger, draw_batch, plot_curves
 from detlab.engine.optim import build_optimizer, lr_schedule
+from detlab.engine.resume import check_resume
 from detlab.engine.runtime import autocast, grad_scaler, resolve_device, set_threads
-from detlab.models import architecture_differences, build_model, input_pipeline
+from detlab.errors import DetlabError
+from detlab.models import build_model, input_pipeline, input_size
 from detlab.transfer import apply_strategy
 
+#: A finite loss this many times the run's first (the first epoch's mean; within the first epoch, its first
+#: step's) has exploded: detection losses fall while a run learns, and an LR far too high gets there in a few steps.
+EXPLOSION = 1e6
+#: The files of a run folder that detlab writes atomically (whose interrupted writes a new run cleans up).
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl")
 
-class NonFiniteLossError(DetlabError, RuntimeError):
-    """The loss became NaN or infinite; the run stopped without touching its checkpoints."""
+
+class DivergedError(DetlabError, RuntimeError):
+    """The training diverged (a NaN or infinite loss or gradient norm, or an exploding loss); the run stopped
+    without touching its checkpoints."""
+
+
+#: The name of :class:`DivergedError` from before it also meant an exploding loss.
+NonFiniteLossError = DivergedError
 
 
 class Trainer:
@@ -69,10 +90,13 @@ class Trainer:
         self.ema = ModelEMA(self.model, t.ema_decay, t.ema_tau) if t.ema else None
         self.out = Path(t.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        remove_interrupted_writes(self.out, RUN_FILES, self.print)
         self.data.write_splits(self.out)  # so the evaluation set of the run is known
         self.epoch, self.history, self.best_metric, self.best_epoch = 0, [], -math.inf, None
         # epochs this run will train: train.epochs, or fewer when train.time_limit cannot hold them (fit_time_limit)
         self.planned_epochs, self.train_seconds = t.epochs, 0.0
+        self.first_loss = None  # of the first step: the reference of EXPLOSION until the first epoch is logged
+        self.saved = None  # (path, epoch) of the last training checkpoint written or resumed from
 
     # ---- checkpoints
 
@@ -114,18 +138,15 @@ class Trainer:
         }
 
     def resume(self, path: str | Path) -> None:
-        """Continue from the training checkpoint ``path`` (written by a run of the same architecture and classes)."""
+        """Continue from the training checkpoint ``path`` of this run; a config that changes a setting the run
+        cannot change (:mod:`detlab.engine.resume`) is a CheckpointError naming each, and the changes that apply
+        are printed."""
         state = load_checkpoint(path)
         if state["kind"] != "training":
             raise CheckpointError(f"cannot resume from {path}: it is an inference checkpoint (weights only, as "
                                   f"best.pt is); resume from the run's last.pt")
         theirs = config_from_dict(state["config"], source=f"checkpoint {path}")
-        differ = architecture_differences(theirs.model, self.cfg.model)
-        if differ or state["class_names"] != list(self.data.class_names):
-            what = ", ".join(f"{key}: {a!r} there, {b!r} here" for key, a, b in differ) or \
-                f"class names: {state['class_names']} there, {list(self.data.class_names)} here"
-            raise CheckpointError(f"cannot resume from {path}: it is another model ({what}); start a new run in "
-                                  f"another train.out_dir instead")
+        changes = check_resume(path, theirs, self.cfg, list(state["class_names"]), list(self.data.class_names))
         self.model.load_state_dict(state["model"])
         if self.ema and state["ema"]:
             self.ema.load_state_dict(state["ema"])
@@ -136,24 +157,28 @@ class Trainer:
         self.epoch, self.history = state["epoch"], state["history"]
         self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
         self.train_seconds = state.get("train_seconds", 0.0)
-        # a plan that train.time_limit cut stays cut; otherwise this config's train.epochs (which may extend it)
-        configured = state["config"]["train"]["epochs"]
-        cut = state.get("planned_epochs", configured) < configured
-        self.plan(min(state["planned_epochs"], self.cfg.train.epochs) if cut else self.cfg.train.epochs)
-        self.print(f"resumed from {path} after epoch {self.epoch}")
+        # this config's train.epochs (which may extend the run), as many as its train.time_limit still holds at
+        # the speed so far: a plan the same limit cut stays cut, another limit plans anew
+        self.plan(self.cfg.train.epochs)
+        if self.cfg.train.time_limit is not None and self.epoch and self.train_seconds:
+            self.fit_time_limit(self.cfg.train.time_limit * 60, self.train_seconds)
+        self.saved = (Path(path), self.epoch)
+        self.print(f"resumed from {path} after epoch {self.epoch} of {self.planned_epochs} (weights, EMA, optimizer, "
+                   f"LR schedule, RNG and history from it); {changes}")
 
     # ---- the loop
 
     def fit(self) -> dict:
         """Train the remaining epochs; returns the summary of the run (see :func:`train`)."""
         t = self.cfg.train
-        logger = RunLogger(self.out)
+        logger = RunLogger(self.out, self.epoch, self.print)
         start = time.perf_counter()
         evaluation = None
         try:
             while self.epoch < self.planned_epochs:
                 epoch_start = time.perf_counter()
-                record = self.train_one_epoch()
+                with self.memory_guard(f"training epoch {self.epoch + 1}"):
+                    record = self.train_one_epoch()
                 self.epoch += 1
                 if t.time_limit is not None:
                     self.fit_time_limit(t.time_limit * 60, self.train_seconds + time.perf_counter() - epoch_start)
@@ -167,6 +192,7 @@ class Trainer:
                 logger.log(record)
                 self.train_seconds += time.perf_counter() - epoch_start
                 save_checkpoint(self.state(), self.out / "last.pt")
+                self.saved = (self.out / "last.pt", self.epoch)
                 self.plot()
         finally:
             logger.close()
@@ -229,26 +255,22 @@ class Trainer:
                 "lr": self.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - start}
 
     def step(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, float]:
-        """One optimizer step; returns the loss parts and their sum ``"loss"`` as floats."""
+        """One optimizer step; returns the loss parts and their sum ``"loss"`` as floats. A diverging step
+        (:meth:`check_divergence`) raises before it changes the weights."""
         t = self.cfg.train
         images = [image.to(self.device, non_blocking=True) for image in images]
         with autocast(self.device, t.amp):
             losses = self.model(images, targets)
         loss = sum(losses.values())
-        # One host sync per step: the loss parts as floats, also used for the finiteness check.
-        values = dict(zip(["loss", *losses], torch.stack([loss, *losses.values()]).detach().float().tolist()))
-        if not math.isfinite(values["loss"]):
-            parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
-            last = self.out / "last.pt"
-            kept = f"the last good checkpoint {last} (epoch {self.epoch}) is intact" if last.exists() else \
-                "no checkpoint was written yet"
-            raise NonFiniteLossError(f"non-finite loss at epoch {self.epoch + 1} ({parts}); stopping: {kept}. "
-                                     f"Try a lower train.lr, train.clip_grad_norm or train.amp=off")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if t.clip_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+        norm = self.clip_gradients()
+        # One host sync per step, once the backward pass is queued: the loss parts (and the gradient norm) as
+        # floats, for the log and the divergence checks
+        watched = [loss, *losses.values(), *([] if norm is None else [norm])]
+        floats = torch.stack([value.detach().float() for value in watched]).tolist()
+        values = dict(zip(["loss", *losses], floats))
+        self.check_divergence(values, None if norm is None else floats[-1])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -256,9 +278,56 @@ class Trainer:
             self.ema.update(self.model)
         return values
 
+    def clip_gradients(self) -> torch.Tensor | None:
+        """Clip the gradients' norm to ``train.clip_grad_norm``; returns the norm before clipping (Tensor[]), None
+        when the run does not clip."""
+        if self.cfg.train.clip_grad_norm is None:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad_norm)
+
+    def check_divergence(self, values: dict[str, float], grad_norm: float | None) -> None:
+        """Raise :class:`DivergedError` when the step's loss (``values["loss"]``) is not finite or is
+        :data:`EXPLOSION` times the run's first, or the gradient norm before clipping is not finite (with fp16 loss
+        scaling an infinite norm is expected: the scaler skips that step and lowers its scale)."""
+        loss, parts = values["loss"], ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
+        if self.first_loss is None:
+            self.first_loss = loss
+        reference = self.history[0].get("loss", self.first_loss) if self.history else self.first_loss
+        if not math.isfinite(loss):
+            problem, details = "non-finite loss", parts
+        elif reference > 0 and loss > EXPLOSION * reference:
+            problem = "exploding loss"
+            details = f"{loss:.4g}, {loss / reference:.2g} times the run's first {reference:.4g}: {parts}"
+        elif grad_norm is not None and not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            problem, details = "non-finite gradient norm", f"{grad_norm} before clipping; loss {loss:.4g}"
+        else:
+            return
+        raise DivergedError(f"{problem} at epoch {self.epoch + 1} ({details}); stopping: {self.kept()}. Try a lower "
+                            f"train.lr, train.clip_grad_norm or train.amp=off")
+
+    def kept(self) -> str:
+        """What a run that stops with an error leaves: its last training checkpoint, untouched."""
+        if self.saved is None:
+            return "no checkpoint of this run was written yet"
+        path, epoch = self.saved
+        return f"the last good checkpoint {path} (epoch {epoch}) is intact"
+
+    @contextlib.contextmanager
+    def memory_guard(self, doing: str):
+        """Turn torch's out-of-memory error into an OutOfMemoryError naming the settings that size a batch."""
+        try:
+            yield
+        except torch.OutOfMemoryError as e:
+            keys = " or ".join(["train.batch_size", *input_size(self.cfg.model)])
+            raise out_of_memory(e, self.cfg, self.device, doing,
+                                f"train a new run with a lower {keys} (a resumed run keeps them), or free the "
+                                f"device of other processes; {self.kept()}") from e
+
     def evaluate(self):
-        evaluation = evaluate_model(self.evaluated_model, self.data.val, self.data.class_names, self.data.metric,
-                                    batch_size=self.cfg.train.batch_size, device=self.device)
+        with self.memory_guard(f"evaluating epoch {self.epoch}"):
+            evaluation = evaluate_model(self.evaluated_model, self.data.val, self.data.class_names,
+                                        self.data.metric, batch_size=self.cfg.train.batch_size, device=self.device)
         self.print(f"epoch {self.epoch}: {self.data.metric} AP50 {evaluation.ap50:.4f}"
                    + (f", AP {evaluation.headline:.4f}" if self.data.metric == "coco" else ""))
         return evaluation
@@ -274,7 +343,8 @@ def train(cfg: Config, resume: str | Path | None = None, print_fn=print) -> dict
 
     Returns:
         ``{"metric": "voc" | "coco", "headline", "ap50", "table", "best_metric", "best_epoch", "seconds",
-        "out_dir"}`` of the last evaluation. Raises :class:`NonFiniteLossError` when the loss diverges.
+        "out_dir"}`` of the last evaluation. Raises :class:`DivergedError` when the training diverges, an
+        :class:`~detlab.engine.evaluate.OutOfMemoryError` when a batch does not fit in the GPU's memory.
     """
     trainer = Trainer(cfg, print_fn)
     if resume is not None:

@@ -25,26 +25,38 @@ class ModelFamily:
     """What detlab knows of a detector family.
 
     Attributes:
-        config: the dataclass of its ``model.<name>`` section.
+        config: the dataclass of its ``model.<name>`` section. Loading checks each field's ``choices`` and
+            ``check`` (:func:`detlab.settings.setting`), then, where the class has it, the method
+            ``problems(backbone) -> {key: problem}``: what does not fit ``model.backbone``.
         build: ``build(model_config, num_classes, class_names=None) -> nn.Module``, ``model_config`` a
             :class:`detlab.config.ModelConfig`; ``class_names`` (the dataset's, when known) lets pretrained
             weights keep the predictor rows of the classes they share.
         inputs: ``inputs(model_config)`` -> its input pipeline (:mod:`detlab.data.inputs`).
         architecture_keys: the section's keys that define the architecture, compared by ``--resume`` and by
             checkpoint loading (besides the shared ``model.name`` and ``model.backbone``).
+        training_keys: the section's other keys that shape the training (targets, loss, input size): ``--resume``
+            refuses to change them too.
+        resume_applies: the section's keys a resumed run may change (inference settings, memory layout). With
+            the two above they name every key of the section (see :mod:`detlab.engine.resume`).
+        input_size_keys: the section's keys that set the input's size, named when a batch does not fit in memory.
     """
 
     config: type
     build: Callable[..., nn.Module]
     inputs: Callable
     architecture_keys: tuple[str, ...]
+    training_keys: tuple[str, ...] = ()
+    resume_applies: tuple[str, ...] = ()
+    input_size_keys: tuple[str, ...] = ()
 
 
 # model.name -> family
 MODELS = {
-    "yolov3": ModelFamily(yolov3.YOLOv3Config, yolov3.build_yolov3, yolov3.yolov3_inputs, yolov3.ARCHITECTURE_KEYS),
+    "yolov3": ModelFamily(yolov3.YOLOv3Config, yolov3.build_yolov3, yolov3.yolov3_inputs, yolov3.ARCHITECTURE_KEYS,
+                          yolov3.TRAINING_KEYS, yolov3.RESUME_APPLIES, yolov3.INPUT_SIZE_KEYS),
     "faster_rcnn": ModelFamily(faster_rcnn.FasterRCNNConfig, faster_rcnn.build_faster_rcnn,
-                               faster_rcnn.faster_rcnn_inputs, faster_rcnn.ARCHITECTURE_KEYS),
+                               faster_rcnn.faster_rcnn_inputs, faster_rcnn.ARCHITECTURE_KEYS,
+                               faster_rcnn.TRAINING_KEYS, faster_rcnn.RESUME_APPLIES, faster_rcnn.INPUT_SIZE_KEYS),
 }
 
 #: Shared ``model.*`` keys that define the architecture of every family.
@@ -80,6 +92,12 @@ def architecture(cfg) -> dict:
     return keys
 
 
+def input_size(cfg) -> dict:
+    """``{dotted key: value}`` of the settings of ``cfg`` (a ModelConfig) that set the input's size, e.g.
+    ``{"model.yolov3.image_size": 416}``: what lowers the memory a batch needs."""
+    return {f"model.{cfg.name}.{key}": getattr(cfg.section, key) for key in model_family(cfg.name).input_size_keys}
+
+
 def architecture_differences(theirs, ours) -> list[tuple[str, object, object]]:
     """``(dotted key, their value, our value)`` for every architecture setting where two ModelConfigs differ (a
     key only one family has counts as a difference, its value None on the other side)."""
@@ -88,4 +106,4 @@ def architecture_differences(theirs, ours) -> list[tuple[str, object, object]]:
 
 
 __all__ = ["MODELS", "ModelFamily", "SHARED_ARCHITECTURE_KEYS", "architecture", "architecture_differences",
-           "build_model", "input_pipeline", "model_family"]
+           "build_model", "input_pipeline", "input_size", "model_family"]

@@ -27,13 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from detlab.backbones import build_backbone
-from detlab.data.inputs import ShorterSide
+from detlab.data.inputs import ShorterSide, check_model_input
 from detlab.data.loader import batch_images
 from detlab.heads.anchors import AnchorGenerator
 from detlab.heads.roi import C4Pooler, FastRCNNPredictor, FPNPooler, Res5Head, RoIHeads, TwoMLPHead
 from detlab.heads.rpn import RegionProposalNetwork, RPNHead
 from detlab.models import torchvision_detectors
 from detlab.necks import FPN
+from detlab.settings import above, at_least, entries, setting
 from detlab.transfer import freeze_batchnorm
 
 NECKS = ("fpn", "c4")
@@ -47,11 +48,13 @@ class FasterRCNNConfig:
     """The ``model.faster_rcnn`` section; defaults are torchvision's ``fasterrcnn_resnet50_fpn``."""
 
     neck: str = field(default="fpn", metadata={"choices": NECKS})
-    min_size: int = 800  # short side of the model's input
-    max_size: int = 1333  # ... unless the long side would pass this
-    # per level, the anchor sizes (input pixels); None: 32..512 (one per FPN level, or all on each map)
-    anchor_sizes: list[list[float]] | None = None
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # height / width, every level
+    min_size: int = setting(800, check=at_least(1))  # short side of the model's input
+    max_size: int = setting(1333, check=at_least(1))  # ... unless the long side would pass this
+    # per level the RPN reads (fpn: P2-P6 of a ResNet, 3 of a MobileNet; c4: 1), the anchor sizes (input pixels),
+    # as many on each level; None: 32..512 (one per FPN level, or all on each map)
+    anchor_sizes: list[list[float]] | None = setting(None, check=entries(each=entries(each=above(0))))
+    # height / width, every level
+    aspect_ratios: list[float] = setting(default_factory=lambda: [0.5, 1.0, 2.0], check=entries(each=above(0)))
     fpn_channels: int = 256
     representation_size: int = 1024  # FPN box head (TwoMLPHead) width
     frozen_batchnorm: bool | None = None  # backbone BatchNorm statistics fixed; None: when model.weights is set
@@ -73,10 +76,42 @@ class FasterRCNNConfig:
     # rounding); not an architecture setting: checkpoints load either way
     channels_last: bool = True
 
+    def problems(self, backbone: str) -> dict[str, str]:
+        """``{key: problem}`` of the settings that do not fit ``model.backbone`` (a key of ``BACKBONES``)."""
+        if self.neck == "c4" and backbone.startswith("mobilenet"):
+            return {"neck": f"needs a ResNet backbone (res5 is its box head), not model.backbone {backbone!r}; "
+                            f"use neck fpn"}
+        levels = rpn_levels(self.neck, backbone)
+        sizes = self.anchor_sizes
+        if sizes is not None and len(sizes) != levels:
+            return {"anchor_sizes": f"must list {levels} levels of sizes (the maps the RPN of neck {self.neck} on "
+                                    f"{backbone} reads), not {len(sizes)}"}
+        if sizes is not None and len({len(level) for level in sizes}) > 1:
+            return {"anchor_sizes": "must give every level the same number of sizes (one RPN head serves all levels)"}
+        return {}
+
+
+def rpn_levels(neck: str, backbone: str) -> int:
+    """How many maps the RPN reads: the C4 map; FPN P2-P6 of a ResNet (C2-C5 + pool); FPN of a MobileNet's two
+    stride-32 taps (:func:`fpn_taps`) + pool."""
+    if neck == "c4":
+        return 1
+    return 3 if backbone.startswith("mobilenet") else 5
+
 
 #: The ``model.faster_rcnn`` keys that define the architecture: ``--resume`` and checkpoint loading refuse to
 #: change them.
 ARCHITECTURE_KEYS = ("neck", "anchor_sizes", "aspect_ratios", "fpn_channels", "representation_size")
+#: The other ``model.faster_rcnn`` keys by what ``--resume`` does with a change (:mod:`detlab.engine.resume`):
+#: the input size, BatchNorm mode and the RPN / box-head sampling and proposals of training are refused; the
+#: inference proposal counts and the memory layout apply.
+TRAINING_KEYS = ("min_size", "max_size", "frozen_batchnorm", "rpn_fg_iou", "rpn_bg_iou", "rpn_batch_size_per_image",
+                 "rpn_positive_fraction", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_nms_threshold",
+                 "rpn_score_threshold", "box_fg_iou", "box_bg_iou", "box_batch_size_per_image",
+                 "box_positive_fraction")
+RESUME_APPLIES = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "channels_last")
+#: The keys that set the input's size (and so the memory a batch needs).
+INPUT_SIZE_KEYS = ("min_size", "max_size")
 
 
 def fpn_taps(backbone) -> list[str]:
@@ -159,8 +194,7 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         prepared, sizes, originals, moved = [], [], [], []
         for i, image in enumerate(images):
-            if image.ndim != 3 or image.shape[0] != 3:
-                raise ValueError(f"images: each must be Tensor[3, H, W], got shape {tuple(image.shape)}")
+            check_model_input(image)
             image = image.to(self.mean.device, non_blocking=True)
             image = image.float() / 255 if image.dtype == torch.uint8 else image
             image = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from detlab.backbones.weights import check_state_fits
+from detlab.backbones.weights import WeightsError, check_state_fits
 
 PREDICTOR_KEYS = ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
                   "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias")
@@ -65,11 +65,11 @@ def detector_weights(weights) -> TorchvisionDetector | DetectorFile | None:
     if name in TORCHVISION_DETECTORS:
         return TORCHVISION_DETECTORS[name]
     if name in UNSUPPORTED:
-        raise ValueError(f"model.weights = {name!r}: not supported, {UNSUPPORTED[name]}; supported: "
+        raise WeightsError(f"model.weights = {name!r}: not supported, {UNSUPPORTED[name]}; supported: "
                          f"{', '.join(TORCHVISION_DETECTORS)}")
     path = Path(name)
     if name.startswith("fasterrcnn_") and not path.exists():
-        raise ValueError(f"model.weights = {name!r} is not a torchvision detector detlab loads; valid: "
+        raise WeightsError(f"model.weights = {name!r} is not a torchvision detector detlab loads; valid: "
                          f"{', '.join(TORCHVISION_DETECTORS)} (or imagenet, none, a file)")
     if not path.is_file():
         return None  # the backbone loader gives the error
@@ -87,7 +87,7 @@ def check_fits(detector, cfg) -> None:
     if isinstance(detector, TorchvisionDetector):
         section = cfg.faster_rcnn
         if (cfg.backbone, section.neck) != (detector.backbone, detector.neck):
-            raise ValueError(f"model.weights = {cfg.weights!r} is a {detector.backbone} {detector.neck.upper()} "
+            raise WeightsError(f"model.weights = {cfg.weights!r} is a {detector.backbone} {detector.neck.upper()} "
                              f"detector; set model.backbone={detector.backbone} and "
                              f"model.faster_rcnn.neck={detector.neck} (this config has {cfg.backbone}, "
                              f"{section.neck})")
@@ -106,7 +106,7 @@ def state_dict_of(detector) -> tuple[dict, list[str] | None, str]:
         state = enum.get_state_dict(progress=False, weights_only=True)
     except OSError as error:  # urllib's errors: no network, proxy, HTTP
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(enum.url).path).name
-        raise RuntimeError(f"cannot download {enum.url} ({error}); without network, put the file at {cached}") \
+        raise WeightsError(f"cannot download {enum.url} ({error}); without network, put the file at {cached}") \
             from error
     return state, list(enum.meta["categories"]), f"torchvision weights {detector.weights} ({enum.url})"
 

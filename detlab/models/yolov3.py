@@ -14,36 +14,55 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from detlab.backbones import build_backbone
-from detlab.data.inputs import SquareLetterbox
+from detlab.backbones import LEVEL_STRIDES, build_backbone
+from detlab.data.inputs import SquareLetterbox, check_model_input
 from detlab.data.transforms import Letterbox, to_original_boxes
 from detlab.heads.yolo import BOX_LOSSES, PRE_NMS_TOP_K, YOLOHead, YOLOLoss, postprocess
 from detlab.necks import YOLOv3Neck
+from detlab.settings import above, at_least, entries, multiple_of, setting, within
 
 #: The paper's nine COCO anchors (w, h) for a 416 x 416 input, smallest first.
 COCO_ANCHORS_416 = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326))
 LEVELS = ("c3", "c4", "c5")
+ANCHORS_PER_LEVEL = 3
+#: The stride of the coarsest level: the input side must be a multiple of it, so that every level's grid covers
+#: the input exactly and the upsampled coarse maps meet the finer ones.
+MAX_STRIDE = max(LEVEL_STRIDES[level] for level in LEVELS)
 
 
 @dataclass
 class YOLOv3Config:
     """The ``model.yolov3`` section. Defaults: the synthetic-shapes experiment of ``python tools/train_det.py``."""
 
-    image_size: int = 128  # side of the square letterboxed input
+    # side of the square letterboxed input, a multiple of 32
+    image_size: int = setting(128, check=multiple_of(MAX_STRIDE, f"the stride of {LEVELS[-1]}"))
     # neck output channels per level, stride 8 first (the paper: 128, 256, 512)
-    neck_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
-    anchors: list[list[float]] | None = None  # nine (w, h) in input pixels; None: the paper's, scaled from 416
+    neck_channels: list[int] = setting(default_factory=lambda: [64, 128, 256],
+                                       check=entries(len(LEVELS), f"one per level {', '.join(LEVELS)}",
+                                                     each=at_least(1)))
+    # nine (w, h) in input pixels, smallest first; None: the paper's, scaled from 416
+    anchors: list[list[float]] | None = setting(
+        None, check=entries(ANCHORS_PER_LEVEL * len(LEVELS), f"(w, h), {ANCHORS_PER_LEVEL} per level",
+                            each=entries(2, "w, h", each=above(0))))
     box_loss: str = field(default="ciou", metadata={"choices": BOX_LOSSES})
-    ignore_threshold: float = 0.5
-    multi_anchor_threshold: float | None = 0.25  # also assign every anchor with shape IoU above it (None: paper)
+    ignore_threshold: float = setting(0.5, check=within(0, 1))
+    # also assign every anchor with shape IoU above it (None: the paper)
+    multi_anchor_threshold: float | None = setting(0.25, check=within(0, 1))
     neighbour_cells: bool = True  # also assign the 2 adjacent cells nearest each centre (YOLOv5); false: the paper
     multi_label: bool = True  # inference: a box under every class above the threshold, or only its best one
-    pre_nms_top_k: int = PRE_NMS_TOP_K  # inference: the most (box, class) candidates per image entering NMS
+    # inference: the most (box, class) candidates per image entering NMS
+    pre_nms_top_k: int = setting(PRE_NMS_TOP_K, check=at_least(1))
 
 
 #: The ``model.yolov3`` keys that define the architecture (what the weights mean): ``--resume`` and checkpoint
 #: loading refuse to change them. ``image_size`` is one because the default anchors are scaled from it.
 ARCHITECTURE_KEYS = ("image_size", "neck_channels", "anchors", "neighbour_cells")
+#: The other ``model.yolov3`` keys by what ``--resume`` does with a change (:mod:`detlab.engine.resume`): the
+#: training targets and loss are refused, the inference settings apply.
+TRAINING_KEYS = ("box_loss", "ignore_threshold", "multi_anchor_threshold")
+RESUME_APPLIES = ("multi_label", "pre_nms_top_k")
+#: The key that sets the input's size (and so the memory a batch needs).
+INPUT_SIZE_KEYS = ("image_size",)
 
 
 def default_anchors(image_size: int) -> list[list[float]]:
@@ -122,8 +141,7 @@ class YOLOv3(nn.Module):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         letterboxed, moved = [], []
         for image, target in zip(images, targets):
-            if image.ndim != 3 or image.shape[0] != 3:
-                raise ValueError(f"images: each must be Tensor[3, H, W], got shape {tuple(image.shape)}")
+            check_model_input(image)
             target = {"orig_size": torch.tensor(image.shape[-2:]), **target}
             if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
                 image, target = self.letterbox(image, target)

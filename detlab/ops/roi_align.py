@@ -29,7 +29,19 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tu
 
     Returns:
         Tensor[K, C, output_size[0], output_size[1]], the dtype of ``input``. Differentiable
-        with respect to ``input``.
+        with respect to ``input``. float16 / bfloat16 are sampled and summed in float32 and
+        rounded once.
+
+    Where torchvision's result is undefined, detlab's is zeros (and no gradient):
+        * a RoI with a NaN or infinite coordinate (torchvision gives zeros, NaN, or - for a
+          non-finite x with a fixed sampling ratio - reads out of bounds and can crash);
+        * with ``aligned=True`` and an adaptive sampling ratio, a RoI of negative width or
+          height: it has no sampling point (torchvision's CUDA kernel gives zeros too; its CPU
+          kernel fails to allocate when exactly one side is negative by the output size or more).
+    A NaN batch index in ``boxes[:, 0]`` raises ValueError, as any index outside the batch.
+    A NaN or infinite pixel reaches every bin that samples it, as in torchvision, including
+    through a zero bilinear weight (0 * inf = NaN); torchvision's CPU kernel also spreads
+    pixel (0, 0) of the map into every bin with a sampling point off the map, detlab's does not.
     """
     _checks.feature_map("input", input)
     rois = _checks.boxes_to_rois(boxes, input)
@@ -56,13 +68,19 @@ def fpn_levels(boxes: list[Tensor], level_min: int, level_max: int, canonical_sc
     the same tensor operations so borderline boxes land on the same level).
 
     Returns:
-        Tensor[K] int64 in [0, level_max - level_min].
+        Tensor[K] int64 in [0, level_max - level_min], or -1 for a RoI without a level: a
+        negative area (a box inverted along one axis only) or a NaN coordinate. torchvision's
+        NaN level, cast to int64, matches no level, so it pools zeros for such a RoI; -1 makes
+        the kernels do the same on purpose.
     """
-    areas = torch.cat([(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b in boxes])
+    # float32 for float16 / bfloat16 boxes, as torchvision's box_area upcasts: a float16 area
+    # overflows from 256 x 256 px and rounds borderline boxes onto another level
+    upcast = [b if b.dtype in (torch.float32, torch.float64) else b.float() for b in boxes]
+    areas = torch.cat([(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b in upcast])
     sizes = torch.sqrt(areas)
     levels = torch.floor(canonical_level + torch.log2(sizes / canonical_scale) + torch.tensor(eps, dtype=sizes.dtype))
     levels = torch.clamp(levels, min=level_min, max=level_max)
-    return levels.to(torch.int64) - level_min
+    return torch.where(levels.isnan(), -1, levels.to(torch.int64) - level_min)
 
 
 def multiscale_roi_align(features: Sequence[Tensor], boxes: Sequence[Tensor],
@@ -88,6 +106,11 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Sequence[Tensor],
     Returns:
         Tensor[sum K_i, C, output_size[0], output_size[1]], RoIs in the order of ``boxes``,
         the dtype of ``features[0]``. Differentiable with respect to every level.
+
+    A RoI of negative area (inverted along one axis only) or with a NaN coordinate has no FPN
+    level and pools zeros, as in torchvision (its NaN level, cast to int64, matches no level);
+    with a single feature level every RoI is pooled from it, as torchvision does. Other RoIs
+    with a non-finite coordinate pool zeros, as in ``roi_align``.
     """
     if isinstance(features, Tensor) or not isinstance(features, Sequence) or not features:
         raise TypeError("features must be a non-empty list of Tensor[B, C, H, W]")
@@ -118,7 +141,10 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Sequence[Tensor],
     scales = [infer_scale(f, largest) for f in features]
     level_min = int(-math.log2(scales[0]))
     level_max = int(-math.log2(scales[-1]))
-    levels = fpn_levels(list(boxes), level_min, level_max, canonical_scale, canonical_level)
+    # One level pools every RoI, whatever its size, as torchvision does (it calls roi_align
+    # directly): even a RoI that fpn_levels leaves without a level.
+    levels = None if len(features) == 1 else fpn_levels(list(boxes), level_min, level_max, canonical_scale,
+                                                        canonical_level)
     if _backend.use_native(first):
         return torch.ops.detlab.multiscale_roi_align(list(features), rois, levels, scales, pooled_h, pooled_w,
                                                      sampling_ratio, aligned)
@@ -130,6 +156,8 @@ def _multiscale_with_torchvision(features, rois, levels, scales, output_size, sa
     """The DETLAB_OPS=torchvision path: torchvision's per-level loop."""
     import torchvision
 
+    if levels is None:
+        return torchvision.ops.roi_align(features[0], rois, output_size, scales[0], sampling_ratio, aligned)
     first = features[0]
     result = first.new_zeros((rois.shape[0], first.shape[1], *output_size))
     for level, (feature, scale) in enumerate(zip(features, scales)):

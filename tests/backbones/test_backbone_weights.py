@@ -10,6 +10,7 @@ import torch
 import torchvision
 
 from detlab.backbones import build_backbone
+from detlab.backbones.weights import WeightsError
 
 SMALL = ("resnet18", "mobilenet_v3_small")
 
@@ -109,5 +110,5 @@ def test_imagenet_without_network_says_where_the_file_goes(tmp_path, monkeypatch
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
     expected = tmp_path / "hub" / "checkpoints" / os.path.basename(urlparse(url).path)
-    with pytest.raises(RuntimeError, match=f"without network, put the file at {expected}"):
+    with pytest.raises(WeightsError, match=f"without network, put the file at {expected}"):
         build_backbone("resnet18", weights="imagenet")

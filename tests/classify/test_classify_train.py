@@ -98,8 +98,9 @@ def test_binary_image_folder_run_with_every_option(tmp_path):
 
 
 def test_early_stopping_after_patience_epochs(tmp_path):
-    # nothing can change with a zero learning rate and a frozen backbone: epoch 1 stays the best
-    config = tiny_config(tmp_path, transfer="feature_extract", lr=0.0, epochs=6, patience=2)
+    # nothing can change with a frozen backbone and a learning rate whose steps vanish below float32's resolution
+    # (lr must be > 0): epoch 1 stays the best
+    config = tiny_config(tmp_path, transfer="feature_extract", lr=1e-12, epochs=6, patience=2)
     report = train(config)
     assert report["best_epoch"] == 1 and report["epochs_run"] == 3
     assert "early stopping" in (tmp_path / "run" / "train.log").read_text()

@@ -313,3 +313,42 @@ def test_build_data_checks_train_and_val_images(tmp_path):
     assert "voc validation images: left out 1 of 3" in left_out[1]
     assert len(data.train) == 2 and len(data.val) == 2
     assert [data.val[i][1]["image_id"] for i in range(2)] == [0, 2]
+
+
+# --- the pixel limit (PIL's decompression-bomb guard) ----------------------------------------------------------
+
+
+def test_an_image_over_the_pixel_limit_is_an_error_naming_it_from_its_header(tmp_path):
+    # 10000 x 10000 = 1e8 pixels: over PIL's 89,478,485, under twice it, where PIL itself only warns
+    path = tmp_path / "huge.png"
+    Image.new("1", (10000, 10000)).save(path)  # a few KB on disk
+    assert path.stat().st_size < 100_000
+    message = r"huge\.png \(referred to by ann\.json: image 3\) is 10000x10000 = 100,000,000 pixels, over the limit " \
+              r"of 89,478,485 \(PIL's decompression-bomb guard\): if you trust the file, raise PIL.Image.MAX_IMAGE"
+    for read in (load_image, image_size):
+        with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ImageFileError, match=message):
+            read(path, "ann.json: image 3")
+
+
+def test_the_pixel_limit_is_pils_and_raising_it_lets_the_image_through(tmp_path, monkeypatch):
+    path = tmp_path / "small.png"
+    Image.fromarray(random_rgb(30, 40)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 30 - 1)
+    with pytest.raises(ImageFileError, match=r"40x30 = 1,200 pixels, over the limit of 1,199"):
+        load_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 30)
+    assert load_image(path).shape == (3, 30, 40)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # no limit
+    assert load_image(path).shape == (3, 30, 40)
+
+
+def test_images_over_the_pixel_limit_stop_the_dataset_check_or_are_skipped(tmp_path, monkeypatch):
+    dataset = mixed_dataset(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 48 - 1)  # the two good 64x48 images are now too large
+    with pytest.raises(DataError, match=r"train: 6 of 6 images cannot be read .*good0\.png \(referred to by ann\.json: "
+                                        r"image id 0\) is 64x48 = 3,072 pixels, over the limit of 3,071 .*cut\.jpg "
+                                        r"\(referred to by ann\.json: image id 1\) is over the pixel limit of 3,071 "
+                                        r"\(Image size \(60000 pixels\) exceeds"):  # over twice it: PIL's own error
+        check_images(dataset, skip_bad=False, what="train")
+    with pytest.warns(UserWarning, match=r"train: left out 6 of 6 images that cannot be read"):
+        assert len(check_images(dataset, skip_bad=True, what="train")) == 0

@@ -85,3 +85,19 @@ def test_the_engine_trains_resumes_and_predicts_a_second_family(toy, tmp_path, m
     assert len(result["boxes"]) > 0 and (result["boxes"][:, 2] <= 70).all()
     with pytest.raises(ConfigError, match="model.toy.size = 64 would change the architecture"):
         Detector.from_checkpoint(tmp_path / "run" / "best.pt", overrides=["model.toy.size=64"])
+
+
+@pytest.mark.parametrize("name", ["yolov3", "faster_rcnn"])
+@pytest.mark.parametrize("image, message", [
+    (torch.zeros(3, 0, 5), r"images: an image has no pixels: shape \(3, 0, 5\)"),
+    (torch.zeros(3, 7, 0), r"images: an image has no pixels: shape \(3, 7, 0\)"),
+    (torch.zeros(1, 7, 5), r"images: each must be Tensor\[3, H, W\], got \(1, 7, 5\)"),
+    (torch.zeros(7, 5, 3).numpy(), r"images: each must be Tensor\[3, H, W\], got ndarray"),
+])
+def test_every_family_refuses_an_image_without_pixels_or_channels(name, image, message):
+    from detlab.models import build_model
+
+    cfg = load_config(None, [f"model.name={name}"])
+    model = build_model(cfg.model, 2, ["a", "b"]).eval()
+    with pytest.raises(ValueError, match=message):
+        model([torch.zeros(3, 8, 8), image])

@@ -2,6 +2,7 @@
 the input transform, labels 0..C-1 at the boundary, images without boxes, zero-area boxes, and its config."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,8 @@ def test_c4_uses_res5_of_the_backbone_as_its_box_head_without_a_second_copy():
     # a frozen backbone freezes the box head too: it is the backbone's c5
     apply_strategy(model, "feature_extract")
     assert not any(p.requires_grad for p in model.backbone.stages.c5.parameters())
-    with pytest.raises(ValueError, match="needs a ResNet backbone"):
+    with pytest.raises(ConfigError, match="override 'model.faster_rcnn.neck=c4': model.faster_rcnn.neck = 'c4' needs "
+                                          "a ResNet backbone .*not model.backbone 'mobilenet_v3_large'; use neck fpn"):
         small("model.faster_rcnn.neck=c4", "model.backbone=mobilenet_v3_large", "model.faster_rcnn.anchor_sizes=null")
 
 
@@ -154,8 +156,10 @@ def test_the_section_is_checked_and_names_the_architecture_keys():
     with pytest.raises(ConfigError, match="model.yolov3 is the section of model 'yolov3', but model.name is "
                                           "'faster_rcnn'"):
         load_config(None, SMALL + ["model.yolov3.image_size=64"])
-    with pytest.raises(ValueError, match="anchor_sizes: 2 levels given, but this model's RPN reads 5 maps"):
-        small("model.faster_rcnn.anchor_sizes=[[16],[32]]")
+    with pytest.raises(ConfigError, match=re.escape("model.faster_rcnn.anchor_sizes = [[16.0], [32.0]] must list 5 "
+                                                    "levels of sizes (the maps the RPN of neck fpn on resnet18 reads), "
+                                                    "not 2")):
+        load_config(None, SMALL + ["model.faster_rcnn.anchor_sizes=[[16],[32]]"])
 
 
 def test_pretrained_weights_freeze_the_backbone_batchnorm_as_torchvision_does(tmp_path):

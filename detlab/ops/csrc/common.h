@@ -1,6 +1,7 @@
 // Helpers shared by the CPU (.cpp) and CUDA (.cu) kernels of detlab's native ops.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #ifdef __CUDACC__
@@ -20,6 +21,16 @@ DETLAB_HD T max_of(T a, T b) {
 template <typename T>
 DETLAB_HD T min_of(T a, T b) {
   return b < a ? b : a;
+}
+
+// std::isfinite on the host, CUDA's isfinite on the device (float and double).
+template <typename T>
+DETLAB_HD bool is_finite(T x) {
+#ifdef __CUDA_ARCH__
+  return isfinite(x);
+#else
+  return std::isfinite(x);
+#endif
 }
 
 }  // namespace detlab

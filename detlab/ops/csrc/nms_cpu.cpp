@@ -9,7 +9,11 @@
 //     |centre_x(a) - centre_x(b)| < (1 - t) / (2t) * min(width(a), width(b))  (same for y);
 //   * IoU(a, b) <= min(area) / max(area), so IoU > t needs the areas within a factor 1/t.
 // Both bounds are applied with a 1% margin on t, far wider than any rounding in the IoU test,
-// so they never skip a pair the exact test would suppress.
+// so they never skip a pair the exact test would suppress. That holds while the test's
+// products are normal numbers: boxes of area below 2^-100 (float; 2^-1000 for double) have
+// subnormal areas whose rounding is unbounded relative to them, and an IoU threshold below
+// 2^-40 is smaller than the absolute rounding left there. Either makes a call test every kept
+// box, as torchvision does (the fuzz suite found the first: boxes of side 1e-22).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "box_iou.h"
@@ -93,18 +98,26 @@ void set_search_radii(std::vector<HashedBox>& boxes, double iou_threshold) {
   }
 }
 
+// The smallest box area for which the pruning bounds hold (see the file comment). The IoU
+// test works in double for double boxes, in float for float, float16 and bfloat16 boxes.
+template <typename T>
+constexpr double kSmallestPrunableArea = std::is_same_v<T, double> ? 0x1p-1000 : 0x1p-100;
+constexpr double kSmallestPrunableThreshold = 0x1p-40;
+
 // Kept boxes hashed by (area level, centre cell); each cell is a singly linked list.
 template <typename T>
 class KeptBoxHash {
  public:
   // `boxes` are all boxes that may be queried or inserted, with their search radii set.
   KeptBoxHash(const std::vector<HashedBox>& boxes, double iou_threshold)
-      : area_ratio_(std::max(pruning_threshold(iou_threshold), 0.0)) {
+      : area_ratio_(std::max(pruning_threshold(iou_threshold), 0.0)),
+        exhaustive_(iou_threshold > 0 && iou_threshold < kSmallestPrunableThreshold) {
     int64_t count = 0;
     double min_cx = INFINITY, min_cy = INFINITY, max_cx = -INFINITY, max_cy = -INFINITY;
     double radius_sum = 0;
     for (const auto& b : boxes) {
       if (!b.comparable) continue;
+      exhaustive_ = exhaustive_ || b.area < kSmallestPrunableArea<T>;
       min_level_ = std::min(min_level_, b.area_level), max_level_ = std::max(max_level_, b.area_level);
       min_cx = std::min(min_cx, b.cx), max_cx = std::max(max_cx, b.cx);
       min_cy = std::min(min_cy, b.cy), max_cy = std::max(max_cy, b.cy);
@@ -140,7 +153,7 @@ class KeptBoxHash {
     // With few kept boxes (heavy suppression, e.g. clusters of near-duplicates) testing them
     // all is cheaper than visiting the cells: take whichever costs less.
     const int64_t cells = static_cast<int64_t>(std::max(0, level1 - level0 + 1)) * (x1 - x0 + 1) * (y1 - y0 + 1);
-    if (static_cast<int64_t>(next_.size()) <= cells) {
+    if (exhaustive_ || static_cast<int64_t>(next_.size()) <= cells) {
       for (size_t e = 0; e < next_.size(); ++e) {
         if (iou_exceeds(&kept_coords_[4 * e], coords, iou_threshold)) return true;
       }
@@ -179,6 +192,7 @@ class KeptBoxHash {
   }
 
   double area_ratio_;  // a suppressing box's area lies within (area * r, area / r)
+  bool exhaustive_;    // the bounds may not hold: test every kept box
   int min_level_ = std::numeric_limits<int>::max(), max_level_ = std::numeric_limits<int>::min();
   int cells_x_ = 1, cells_y_ = 1;
   double origin_x_ = 0, origin_y_ = 0, inv_cell_x_ = 0, inv_cell_y_ = 0;

@@ -64,10 +64,14 @@ struct AxisTaps {
   }
 
  private:
-  // Samples move forward along the axis, so a repeated row is one of the last two added.
+  // Samples move forward along the axis, so a repeated row is among the last few added. A
+  // zero weight (a sample on a pixel edge, or clamped to the last row) is not merged into a
+  // positive one but kept once as a tap of its own: torchvision multiplies it with the value,
+  // and 0 * inf = NaN must reach the output as it does there and in detlab's CUDA kernel.
   void add(int first, int idx, T w) {
-    for (int j = std::max(first, static_cast<int>(index.size()) - 2); j < static_cast<int>(index.size()); ++j) {
-      if (index[j] == idx) {
+    const bool zero = w == T(0);
+    for (int j = std::max(first, static_cast<int>(index.size()) - 4); j < static_cast<int>(index.size()); ++j) {
+      if (index[j] == idx && (weight[j] == T(0)) == zero) {
         weight[j] += w;
         return;
       }
@@ -80,7 +84,7 @@ struct AxisTaps {
 // Everything needed to pool one RoI: which map, where, and with which taps.
 template <typename T>
 struct RoiPlan {
-  bool empty = true;  // batch index outside the batch: the output stays zero
+  bool empty = true;  // batch index or level out of range: the output stays zero
   const FeatureLevel<T>* level = nullptr;
   int64_t batch = 0;
   T count = 1;  // sampling points per bin; torchvision divides by max(count, 1)
@@ -89,9 +93,11 @@ struct RoiPlan {
   void build(const std::vector<FeatureLevel<T>>& levels, int64_t batch_size, const T* roi,
              const int64_t* roi_levels, int64_t k, int pooled_h, int pooled_w, int sampling_ratio,
              bool aligned) {
+    // A level outside [0, L) means the RoI has no level (fpn_levels gives -1 to a RoI of
+    // negative or NaN area): it pools zeros, as on CUDA and in torchvision's MultiScaleRoIAlign.
     const int64_t level_index = roi_levels ? roi_levels[k] : 0;
-    TORCH_CHECK_VALUE(level_index >= 0 && level_index < static_cast<int64_t>(levels.size()),
-                      "levels[", k, "] = ", level_index, " is outside [0, ", levels.size(), ")");
+    empty = level_index < 0 || level_index >= static_cast<int64_t>(levels.size());
+    if (empty) return;
     level = &levels[level_index];
     const RoiGeometry<T> g =
         roi_geometry(roi, level->scale, pooled_h, pooled_w, sampling_ratio, aligned);

@@ -62,7 +62,8 @@ struct BlockTile {
 };
 
 // Where RoI k pools from; `valid` is false for a batch index or level outside range, whose
-// output stays zero (the Python layer reports such RoIs before they get here).
+// output stays zero. The Python layer reports bad batch indices before they get here; a level
+// of -1 is how it marks a RoI without an FPN level (negative or NaN area).
 template <typename T>
 struct RoiSource {
   bool valid;

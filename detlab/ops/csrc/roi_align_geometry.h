@@ -52,6 +52,12 @@ DETLAB_HD RoiGeometry<T> roi_geometry(
   g.bin_w = static_cast<T>(roi_w) / static_cast<T>(pooled_w);
   g.grid_h = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(roi_h, pooled_h);
   g.grid_w = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(roi_w, pooled_w);
+  // A NaN or infinite corner leaves the RoI without sampling points: it pools zeros and gets
+  // no gradient. torchvision's result there is undefined (zeros, NaN, or an out-of-bounds
+  // read when a NaN sample position is cast to a pixel index); detlab promises zeros.
+  if (!(is_finite(g.start_w) && is_finite(g.start_h) && is_finite(end_w) && is_finite(end_h))) {
+    g.grid_h = g.grid_w = 0;
+  }
   return g;
 }
 
