@@ -14,11 +14,13 @@ the function.
 import importlib
 
 _EXPORTS = {
-    "FORMAT": "checkpoint", "CheckpointError": "checkpoint", "atomic_save": "checkpoint",
+    "FORMAT": "checkpoint", "CheckpointError": "checkpoint", "CheckpointNotFoundError": "checkpoint",
+    "atomic_save": "checkpoint",
     "load_checkpoint": "checkpoint", "load_detector": "checkpoint", "save_checkpoint": "checkpoint",
-    "Evaluation": "evaluate", "evaluate_checkpoint": "evaluate", "evaluate_model": "evaluate",
+    "Evaluation": "evaluate", "OutOfMemoryError": "evaluate", "evaluate_checkpoint": "evaluate",
+    "evaluate_model": "evaluate",
     "predict_dataset": "evaluate",
-    "NonFiniteLossError": "trainer", "Trainer": "trainer", "train": "trainer",
+    "DivergedError": "trainer", "Trainer": "trainer", "train": "trainer",
 }  # fmt: skip
 
 

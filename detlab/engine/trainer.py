@@ -57,9 +57,6 @@ class DivergedError(DetlabError, RuntimeError):
     without touching its checkpoints."""
 
 
-#: The name of :class:`DivergedError` from before it also meant an exploding loss.
-NonFiniteLossError = DivergedError
-
 
 class Trainer:
     """One training run: model, optimizer, schedule, EMA, data and logs of a :class:`Config`."""

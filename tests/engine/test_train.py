@@ -9,7 +9,7 @@ import torch
 from det_helpers import TINY, tiny_config, train_tiny
 
 from detlab.backbones import build_backbone
-from detlab.engine import (FORMAT, CheckpointError, NonFiniteLossError, Trainer, atomic_save, load_checkpoint,
+from detlab.engine import (FORMAT, CheckpointError, DivergedError, Trainer, atomic_save, load_checkpoint,
                            save_checkpoint, train)
 
 ROOT = Path(__file__).parents[2]
@@ -133,7 +133,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_run, tmp_path)
     trainer.resume(last)
     original = trainer.model.forward
     trainer.model.forward = lambda images, targets=None: {k: v * float("nan") for k, v in original(images, targets).items()}
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 2 .*last good checkpoint .*last.pt \(epoch 1\) is intact"):
+    with pytest.raises(DivergedError, match=r"non-finite loss at epoch 2 .*last good checkpoint .*last.pt \(epoch 1\) is intact"):
         trainer.fit()
     assert last.read_bytes() == before
 
