@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from detlab.cli import tool
-from detlab.data import DataError
 from detlab.eval import coco_detections_from_file, coco_ground_truth_from_file, evaluate_coco
 from detlab.eval.report import format_coco, format_voc, plot_pr_curves, pr_curves, write_json
 from detlab.eval.voc import evaluate_voc_coco
@@ -41,7 +40,8 @@ def main(argv=None) -> int:
         return _evaluate_checkpoint(args)
     if not (args.results and args.ann):
         parser.error("give --results and --ann, or --checkpoint")
-    gt, dets = read_json_inputs(args.ann, args.results)
+    gt = coco_ground_truth_from_file(args.ann)
+    dets = coco_detections_from_file(args.results, gt)
     result = evaluate_voc_coco(gt, dets, args.iou) if args.voc else evaluate_coco(gt, dets)
     print(format_voc(result) if args.voc else format_coco(result))
     out = Path(args.out_dir)
@@ -49,15 +49,6 @@ def main(argv=None) -> int:
     plot_pr_curves(pr_curves(result), out / "pr_curves.png", title=f"{Path(args.results).name}")
     print(f"wrote {out / 'metrics.json'} and {out / 'pr_curves.png'}")
     return 0
-
-
-def read_json_inputs(ann: str, results: str):
-    """The ground truth and detections of the two COCO JSON files."""
-    try:
-        gt = coco_ground_truth_from_file(ann)
-        return gt, coco_detections_from_file(results, gt)
-    except ValueError as e:  # detlab.eval.cocojson's contract: one line naming the file, entry and field
-        raise DataError(str(e)) from None
 
 
 def _evaluate_checkpoint(args) -> int:

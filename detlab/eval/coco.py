@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detlab.data.errors import DataError
+
 from .cocojson import CocoAnnotationColumns, CocoResultColumns, read_coco_annotations, read_coco_results
 from .matching import as_numpy, group_pairs, pair_iou, stack_ignore_regions, stack_per_image, xyxy_to_xywh
 
@@ -140,9 +142,9 @@ def read_json(path: str | Path, what: str):
         with open(path) as f:
             return json.load(f)
     except OSError as e:
-        raise ValueError(f"{path}: cannot read the {what} file: {e.strerror}") from None
+        raise DataError(f"{path}: cannot read the {what} file: {e.strerror}") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed JSON in the {what} file: {e}") from None
+        raise DataError(f"{path}: malformed JSON in the {what} file: {e}") from None
 
 
 def _column(records: list, field: str, dtype, source: str, kind: str, width: int | None = None) -> np.ndarray:
@@ -167,17 +169,17 @@ def _column(records: list, field: str, dtype, source: str, kind: str, width: int
     expected = "a finite number" if width is None else f"a list of {width} finite numbers"
     for i, r in enumerate(records):
         if not isinstance(r, dict):
-            raise ValueError(f"{source}: {kind} #{i} must be a JSON object, got {str(r)[:60]}")
+            raise DataError(f"{source}: {kind} #{i} must be a JSON object, got {str(r)[:60]}")
         if field not in r:
-            raise ValueError(f"{source}: {kind} #{i}: field '{field}' is missing")
+            raise DataError(f"{source}: {kind} #{i}: field '{field}' is missing")
         try:
             v = np.asarray(r[field], dtype=np.float64)
             ok = v.shape == shape[1:] and np.isfinite(v).all()
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise ValueError(f"{source}: {kind} #{i}: field '{field}' must be {expected}, got {str(r[field])[:60]}")
-    raise ValueError(f"{source}: field '{field}' of the {kind}s cannot be read")  # not reached in practice
+            raise DataError(f"{source}: {kind} #{i}: field '{field}' must be {expected}, got {str(r[field])[:60]}")
+    raise DataError(f"{source}: field '{field}' of the {kind}s cannot be read")  # not reached in practice
 
 
 def _index_of(known: np.ndarray, values: np.ndarray, source: str, field: str, kind: str) -> np.ndarray:
@@ -194,7 +196,7 @@ def _index_of(known: np.ndarray, values: np.ndarray, source: str, field: str, ki
         bad = (known[index] != values) if len(known) else np.ones(len(values), bool)
     if bad.any():
         examples = ", ".join(str(v) for v in np.unique(values[bad])[:5])
-        raise ValueError(
+        raise DataError(
             f"{source}: field '{field}': {int(bad.sum())} {kind}(s) refer to ids absent from the annotations "
             f"(e.g. {examples}; the first is {kind} #{int(np.argmax(bad))})"
         )
@@ -204,7 +206,7 @@ def _index_of(known: np.ndarray, values: np.ndarray, source: str, field: str, ki
 def _records(data, key: str, source: str) -> list:
     items = data.get(key) if isinstance(data, dict) else None
     if not isinstance(items, list):
-        raise ValueError(f"{source}: field '{key}' must be a list (is this a COCO annotation file?)")
+        raise DataError(f"{source}: field '{key}' must be a list (is this a COCO annotation file?)")
     return items
 
 
@@ -271,7 +273,7 @@ def coco_detections_from_results(results, gt: CocoGroundTruth, source: str = "re
     a non-list, a missing or malformed field, an image_id or category_id absent from the annotations.
     """
     if not isinstance(results, list):
-        raise ValueError(f"{source}: expected a JSON list of detections, got {type(results).__name__}")
+        raise DataError(f"{source}: expected a JSON list of detections, got {type(results).__name__}")
     columns = CocoResultColumns(
         image_id=_column(results, "image_id", np.int64, source, "detection"),
         category_id=_column(results, "category_id", np.int64, source, "detection"),
@@ -300,7 +302,7 @@ def coco_detections_from_file(path: str | Path, gt: CocoGroundTruth) -> CocoDete
 def _labels(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{what}: field 'labels' must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+        raise DataError(f"{what}: field 'labels' must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
     return labels
 
 

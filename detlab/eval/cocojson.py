@@ -8,8 +8,8 @@ the native reader (``detlab.ops.coco_json``), which fills the columns without an
 what it can read exactly as the msgspec decoder does and hands any other file (numbers as strings, a real error)
 back to it, so both paths give the same columns or the same error.
 
-Contract: every malformed input raises one ``ValueError`` of one line naming the file, the entry and the field,
-e.g. ``dets.json: detection #12: field 'bbox': expected `array` of length 4``. Values are read as the previous
+Contract: every malformed input raises one :class:`~detlab.data.errors.DataError` (a ValueError) of one line
+naming the file, the entry and the field, e.g. ``dets.json: detection #12: field 'bbox': expected `array` of length 4``. Values are read as the previous
 ``json.load`` path read them: ids are integers (``7.0`` and ``"7"`` accepted, ``7.5`` rejected: a fractional id
 matches no image), numbers may be JSON numbers or numeric strings (msgspec's ``strict=False``), boxes and scores
 must be finite; ``NaN`` and ``Infinity``, which Python's ``json.dump`` writes but JSON lacks, are malformed JSON.
@@ -28,6 +28,8 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 import torch
+
+from detlab.data.errors import DataError
 
 from detlab.ops.coco_json import read_coco_results_columns
 
@@ -168,7 +170,7 @@ def _read(path: str | Path, what: str) -> np.ndarray:
     try:
         return np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise ValueError(f"{path}: cannot read the {what} file: {e.strerror}") from None
+        raise DataError(f"{path}: cannot read the {what} file: {e.strerror}") from None
 
 
 def _decode(raw: np.ndarray, path: str | Path, decoder: msgspec.json.Decoder, what: str):
@@ -176,9 +178,9 @@ def _decode(raw: np.ndarray, path: str | Path, decoder: msgspec.json.Decoder, wh
     try:
         return decoder.decode(memoryview(raw))
     except msgspec.ValidationError as e:  # a subclass of DecodeError: first
-        raise ValueError(f"{path}: {_describe(str(e), what)}") from None
+        raise DataError(f"{path}: {_describe(str(e), what)}") from None
     except msgspec.DecodeError as e:
-        raise ValueError(f"{path}: malformed JSON in the {what} file: {_near(str(e), raw)}") from None
+        raise DataError(f"{path}: malformed JSON in the {what} file: {_near(str(e), raw)}") from None
 
 
 def _near(message: str, raw: np.ndarray) -> str:
@@ -238,5 +240,5 @@ def _finite(values: np.ndarray, path, kind: str, field: str) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         expected = "a finite number" if values.ndim == 1 else "a list of 4 finite numbers"
-        raise ValueError(f"{path}: {kind} #{i}: field '{field}' must be {expected}, got {values[i].tolist()}")
+        raise DataError(f"{path}: {kind} #{i}: field '{field}' must be {expected}, got {values[i].tolist()}")
     return values
