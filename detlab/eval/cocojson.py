@@ -236,7 +236,8 @@ def _gather_boxes(items: list) -> np.ndarray:
 def _finite(values: np.ndarray, path, kind: str, field: str) -> np.ndarray:
     """``values`` ([N] or [N, 4]) if all finite; else a ValueError naming the first bad entry ("nan" and "inf"
     strings pass msgspec's non-strict number parsing)."""
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    finite = np.isfinite(values)
+    bad = ~(finite.all(axis=1) if values.ndim == 2 else finite)  # reshape(N, -1) fails on N = 0
     if bad.any():
         i = int(np.argmax(bad))
         expected = "a finite number" if values.ndim == 1 else "a list of 4 finite numbers"

@@ -251,3 +251,13 @@ def test_what_the_native_reader_refuses_gets_msgspecs_named_error(tmp_path, cont
     from detlab.eval import read_coco_results
 
     assert expected in _error(read_coco_results, _write(tmp_path / "dets.json", content))
+
+
+@pytest.mark.parametrize("annotations", [[], None])  # an empty list, or the key left out
+def test_an_annotation_file_without_annotations_reads_as_empty_columns(tmp_path, annotations):
+    content = {"images": [{"id": 1, "width": 4, "height": 3}], "categories": [{"id": 7, "name": "cat"}]}
+    if annotations is not None:
+        content["annotations"] = annotations
+    columns = read_coco_annotations(_write(tmp_path / "ann.json", content))
+    assert columns.ann_boxes_xywh.shape == (0, 4) and columns.ann_area.shape == (0,)
+    assert columns.image_ids.tolist() == [1] and columns.category_ids.tolist() == [7]
