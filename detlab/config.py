@@ -84,7 +84,9 @@ class ModelConfig:
 
     name: str = choice("yolov3", MODELS)
     backbone: str = choice("resnet18", BACKBONES)
-    weights: str | None = None  # None (random init), "imagenet", or a checkpoint path (see detlab.backbones)
+    # None (random init), "imagenet", a backbone or classification checkpoint (detlab.backbones), a torchvision
+    # detector (detlab.models.torchvision_detectors), or a detlab detection checkpoint (detlab.models.finetune)
+    weights: str | None = None
     score_threshold: float = setting(0.01, check=within(0, 1))  # inference: keep detections scoring above it
     nms_threshold: float = setting(0.45, check=within(0, 1))  # inference: per-class NMS IoU
     max_detections: int = setting(100, check=at_least(1))  # inference: per image

@@ -13,6 +13,7 @@ import torch
 
 from detlab.backbones.backbone import Backbone
 from detlab.errors import DetlabError
+from detlab.torchfiles import TorchFileError, describe_unreadable, read_torch_file
 
 #: ``format`` value of a checkpoint written by :mod:`detlab.classify`. Such a checkpoint is a plain dict with at
 #: least ``backbone`` (a ``BACKBONES`` name) and ``model`` (the classifier's state_dict, whose backbone entries
@@ -42,12 +43,7 @@ def load_weights(backbone: Backbone, weights: str | os.PathLike | None) -> None:
         return
     if weights == "imagenet":
         enum = backbone.imagenet_weights
-        try:
-            state = enum.get_state_dict(progress=False, weights_only=True)
-        except OSError as error:  # urllib's errors: no network, proxy, HTTP
-            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(enum.url).path).name
-            hint = f"without network, put the file at {cached}"
-            raise WeightsError(f"cannot download {enum.url} ({error}); {hint}") from error
+        state = download_state_dict(enum)
         _load_torchvision_layout(backbone, state, source=f"torchvision weights {enum} ({enum.url})")
         backbone.weights = "imagenet"
         return
@@ -55,9 +51,9 @@ def load_weights(backbone: Backbone, weights: str | os.PathLike | None) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"weights {str(weights)!r} is neither 'imagenet', 'none' nor an existing file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling failure means the same thing to the user
-        raise WeightsError(f"{path}: cannot be read as PyTorch weights ({error})") from error
+        state = read_torch_file(path)
+    except TorchFileError as error:
+        raise WeightsError(f"{path}: cannot be read as PyTorch weights ({error.what})") from None
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state_dict or a detlab checkpoint, found a {type(state).__name__}")
     if state.get("format") == CLASSIFY_CHECKPOINT_FORMAT:
@@ -67,6 +63,22 @@ def load_weights(backbone: Backbone, weights: str | os.PathLike | None) -> None:
     else:
         _load_torchvision_layout(backbone, state, source=str(path))
     backbone.weights = str(path)
+
+
+def download_state_dict(enum) -> dict:
+    """The state_dict of a torchvision weights enum member, downloaded once into ``$TORCH_HOME/hub/checkpoints``
+    by torchvision's weights API. No network, or a damaged cached file, is a one-line :class:`WeightsError` that
+    names the file to put there or remove."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(enum.url).path).name
+    try:
+        return enum.get_state_dict(progress=False, weights_only=True)
+    except OSError as error:  # urllib's errors: no network, proxy, HTTP
+        raise WeightsError(f"cannot download {enum.url} ({error}); without network, put the file at {cached}") \
+            from None
+    except Exception as error:  # the cached file is there but unreadable: torch's text suggests weights_only=False
+        what = describe_unreadable(cached, error) if cached.is_file() else type(error).__name__
+        raise WeightsError(f"{cached}: the cached torchvision weights {enum} cannot be read ({what}); remove the "
+                           f"file to download it again") from None
 
 
 def _backbone_state(checkpoint: dict, path: Path, name: str) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ the same folder, fsync, rename; a failed write removes its temporary file and le
 write killed outright (SIGKILL, power loss) cannot clean up: its temporary file ``<name>.<pid>.<hex>.tmp`` stays
 until the next run in that folder removes it (:func:`remove_interrupted_writes`).
 
-Every checkpoint is read with ``torch.load(weights_only=True)`` (:func:`read_checkpoint_file`): tensors and plain
+Every checkpoint is read with ``torch.load(weights_only=True)`` (:func:`read_checkpoint_file`, on :mod:`detlab.torchfiles`): tensors and plain
 values only, never pickled code. A file that is no detlab checkpoint (empty, truncated, random bytes, JSON, a bare
 tensor or state_dict, one holding Python objects) is a :class:`CheckpointError` naming the file and what it is.
 
@@ -24,7 +24,6 @@ Format ``detlab.detect/1`` (detlab 0.1, the flat model config) still loads: its 
 
 import dataclasses
 import os
-import pickle
 import random
 import re
 import secrets
@@ -41,10 +40,11 @@ from detlab.config import (Config, ConfigError, config_from_dict, config_to_dict
                            parse_overrides)
 from detlab.errors import DetlabError
 from detlab.models import architecture, architecture_differences, build_model
+from detlab.torchfiles import DETECTION_FORMAT, OLD_DETECTION_FORMAT, TorchFileError, read_torch_file
 
-FORMAT = "detlab.detect/2"
+FORMAT = DETECTION_FORMAT
 #: The format of detlab 0.1, still read: its config is migrated on load.
-OLD_FORMAT = "detlab.detect/1"
+OLD_FORMAT = OLD_DETECTION_FORMAT
 KINDS = ("training", "inference")
 
 
@@ -148,29 +148,9 @@ def read_checkpoint_file(path: str | Path, map_location="cpu"):
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        # torch's own message suggests weights_only=False, i.e. running the file's code: never pass it on
-        raise CheckpointError(f"{path}: not a detlab checkpoint ({_unreadable(path, e)})") from None
-
-
-def _unreadable(path: Path, error: Exception) -> str:
-    """What a file is that ``torch.load(weights_only=True)`` failed on with ``error``."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if not head:
-        return "the file is empty"
-    objects = re.search(r"GLOBAL ([\w.]+)", str(error))
-    if isinstance(error, pickle.UnpicklingError) and objects:
-        return (f"it holds Python objects ({objects[1]}), which detlab never writes and never loads: loading them "
-                f"could run code")
-    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
-        return "a truncated or damaged torch file: an interrupted copy or download?"
-    try:
-        text = head.decode()
-    except UnicodeDecodeError:
-        return "its bytes are not torch.save's format"
-    return f"a text file, not one torch.save wrote: it begins {text[:24]!r}"
+        return read_torch_file(path, map_location)
+    except TorchFileError as e:
+        raise CheckpointError(f"{path}: not a detlab checkpoint ({e.what})") from None
 
 
 def foreign(state) -> str | None:

@@ -85,11 +85,13 @@ def check_resume(path, theirs: Config, ours: Config, their_classes: list[str], o
     if their_classes != our_classes:
         refused.append(("class names", their_classes, our_classes, "classes"))
     if refused:
-        what = ", ".join(dict.fromkeys(reason for *_, reason in refused))
+        reasons = list(dict.fromkeys(reason for *_, reason in refused))
         listed = "; ".join(f"{key}: {a!r} there, {b!r} here" for key, a, b, _ in refused)
-        raise CheckpointError(f"cannot resume from {path}: this config changes the {what} of the run it would "
-                              f"continue ({listed}); set {'it' if len(refused) == 1 else 'them'} back to continue "
-                              f"that run, or train a new run without --resume (in another train.out_dir to keep "
-                              f"this one)")
+        # its weights fit a new run of the same architecture: other classes, data or optimisation fine-tune from it
+        start = "" if "architecture" in reasons else f", starting from its weights with --set model.weights={path}"
+        raise CheckpointError(f"cannot resume from {path}: this config changes the {', '.join(reasons)} of the run "
+                              f"it would continue ({listed}); set {'it' if len(refused) == 1 else 'them'} back to "
+                              f"continue that run, or train a new run without --resume (in another train.out_dir "
+                              f"to keep this one){start}")
     changes = ", ".join(f"{key} {a!r} -> {b!r}" for key, a, b in applied)
     return f"changed by this config and applied: {changes}" if changes else "every setting as in the checkpoint"

@@ -74,6 +74,8 @@ class Trainer:
         self.data = build_data(cfg.data, self.inputs, t.seed)
         self.print(self.data.summary())
         self.model = build_model(cfg.model, len(self.data.class_names), list(self.data.class_names))
+        if getattr(self.model, "initial_weights", None):
+            self.print(self.model.initial_weights)
         apply_strategy(self.model, t.transfer)
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov,

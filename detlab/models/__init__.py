@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from detlab.models import faster_rcnn, yolov3
+from detlab.models import faster_rcnn, finetune, yolov3
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class ModelFamily:
         resume_applies: the section's keys a resumed run may change (inference settings, memory layout). With
             the two above they name every key of the section (see :mod:`detlab.engine.resume`).
         input_size_keys: the section's keys that set the input's size, named when a batch does not fit in memory.
+        class_rows: ``class_rows(state_dict key) -> ClassRows | None``: which tensors hold rows per class and
+            how (:class:`detlab.models.finetune.ClassRows`), for fine-tuning from a detection checkpoint to
+            other classes.
     """
 
     config: type
@@ -48,15 +51,17 @@ class ModelFamily:
     training_keys: tuple[str, ...] = ()
     resume_applies: tuple[str, ...] = ()
     input_size_keys: tuple[str, ...] = ()
+    class_rows: Callable[[str], finetune.ClassRows | None] = lambda key: None
 
 
 # model.name -> family
 MODELS = {
     "yolov3": ModelFamily(yolov3.YOLOv3Config, yolov3.build_yolov3, yolov3.yolov3_inputs, yolov3.ARCHITECTURE_KEYS,
-                          yolov3.TRAINING_KEYS, yolov3.RESUME_APPLIES, yolov3.INPUT_SIZE_KEYS),
+                          yolov3.TRAINING_KEYS, yolov3.RESUME_APPLIES, yolov3.INPUT_SIZE_KEYS, yolov3.class_rows),
     "faster_rcnn": ModelFamily(faster_rcnn.FasterRCNNConfig, faster_rcnn.build_faster_rcnn,
                                faster_rcnn.faster_rcnn_inputs, faster_rcnn.ARCHITECTURE_KEYS,
-                               faster_rcnn.TRAINING_KEYS, faster_rcnn.RESUME_APPLIES, faster_rcnn.INPUT_SIZE_KEYS),
+                               faster_rcnn.TRAINING_KEYS, faster_rcnn.RESUME_APPLIES, faster_rcnn.INPUT_SIZE_KEYS,
+                               faster_rcnn.class_rows),
 }
 
 #: Shared ``model.*`` keys that define the architecture of every family.
@@ -72,10 +77,21 @@ def model_family(name: str) -> ModelFamily:
 
 def build_model(cfg, num_classes: int, class_names: list[str] | None = None) -> nn.Module:
     """The detector of a :class:`detlab.config.ModelConfig` with ``num_classes`` classes (labels 0..C-1), named
-    ``class_names`` when given."""
+    ``class_names`` when given.
+
+    ``model.weights`` may be a detlab detection checkpoint: the model then starts from all of its weights, the
+    class rows matched by name (:mod:`detlab.models.finetune`); ``model.initial_weights`` says what was kept."""
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{num_classes} classes but {len(class_names)} class names")
-    return model_family(cfg.name).build(cfg, num_classes, class_names)
+    family = model_family(cfg.name)
+    checkpoint = finetune.detection_checkpoint(cfg.weights)
+    if checkpoint is not None:
+        finetune.check_family(checkpoint, cfg)
+    model = family.build(cfg, num_classes, class_names)
+    if checkpoint is not None:
+        model.initial_weights = finetune.load_detection_checkpoint(model, checkpoint, family.class_rows,
+                                                                   class_names, num_classes)
+    return model
 
 
 def input_pipeline(cfg):

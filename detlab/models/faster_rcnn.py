@@ -32,7 +32,7 @@ from detlab.data.loader import batch_images
 from detlab.heads.anchors import AnchorGenerator
 from detlab.heads.roi import C4Pooler, FastRCNNPredictor, FPNPooler, Res5Head, RoIHeads, TwoMLPHead
 from detlab.heads.rpn import RegionProposalNetwork, RPNHead
-from detlab.models import torchvision_detectors
+from detlab.models import finetune, torchvision_detectors
 from detlab.necks import FPN
 from detlab.settings import above, at_least, entries, setting
 from detlab.transfer import freeze_batchnorm
@@ -248,6 +248,18 @@ def resize_boxes(boxes: torch.Tensor, original, new) -> torch.Tensor:
     return boxes * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(boxes.dtype)
 
 
+#: The box predictor: background then one row per class (scores), four per class (box deltas).
+PREDICTOR_ROWS = {"roi_heads.box_predictor.cls_score.weight": finetune.ClassRows(1, 1, 1),
+                  "roi_heads.box_predictor.cls_score.bias": finetune.ClassRows(1, 1, 1),
+                  "roi_heads.box_predictor.bbox_pred.weight": finetune.ClassRows(1, 4, 4),
+                  "roi_heads.box_predictor.bbox_pred.bias": finetune.ClassRows(1, 4, 4)}
+
+
+def class_rows(key: str) -> finetune.ClassRows | None:
+    """How the state_dict tensor ``key`` depends on the classes (:class:`~detlab.models.finetune.ClassRows`)."""
+    return PREDICTOR_ROWS.get(key)
+
+
 def default_anchor_sizes(neck: str, backbone: str, levels: int) -> list[list[float]]:
     if neck == "fpn" and not backbone.startswith("mobilenet"):
         return FPN_SIZES
@@ -266,7 +278,7 @@ def build_faster_rcnn(cfg, num_classes: int, class_names: list[str] | None = Non
     if section.neck == "c4" and cfg.backbone.startswith("mobilenet"):
         raise ValueError(f"model.faster_rcnn.neck = 'c4' needs a ResNet backbone (res5 is its box head), not "
                          f"{cfg.backbone!r}; use neck 'fpn'")
-    backbone_weights = None if detector is not None else cfg.weights
+    backbone_weights = None if detector is not None else finetune.backbone_weights(cfg.weights)
     levels = ("c2", "c3", "c4", "c5") if section.neck == "fpn" else ("c4",)
     backbone = build_backbone(cfg.backbone, weights=backbone_weights, levels=levels)
     if cfg.backbone.startswith("mobilenet"):

@@ -13,11 +13,11 @@ backbone, FPN, RPN and box head keep the checkpoint's weights. torchvision suppl
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
-from detlab.backbones.weights import WeightsError, check_state_fits
+from detlab.backbones.weights import WeightsError, check_state_fits, download_state_dict
+from detlab.torchfiles import TorchFileError, read_torch_file
 
 PREDICTOR_KEYS = ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
                   "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias")
@@ -74,8 +74,8 @@ def detector_weights(weights) -> TorchvisionDetector | DetectorFile | None:
     if not path.is_file():
         return None  # the backbone loader gives the error
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+        state = read_torch_file(path, mmap=True)  # a look at the keys; a large file is not read in full
+    except TorchFileError:
         return None  # the backbone loader gives the error
     if isinstance(state, dict) and any(str(key).startswith(("rpn.", "roi_heads.")) for key in state):
         return DetectorFile(path, state)
@@ -102,12 +102,7 @@ def state_dict_of(detector) -> tuple[dict, list[str] | None, str]:
     import torchvision
 
     enum = torchvision.models.get_weight(detector.weights)
-    try:
-        state = enum.get_state_dict(progress=False, weights_only=True)
-    except OSError as error:  # urllib's errors: no network, proxy, HTTP
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(enum.url).path).name
-        raise WeightsError(f"cannot download {enum.url} ({error}); without network, put the file at {cached}") \
-            from error
+    state = download_state_dict(enum)
     return state, list(enum.meta["categories"]), f"torchvision weights {detector.weights} ({enum.url})"
 
 

@@ -9,6 +9,7 @@ The family's pieces for :data:`detlab.models.MODELS`: :class:`YOLOv3Config` (the
 :func:`build_yolov3`, :func:`yolov3_inputs` (square letterbox) and :data:`ARCHITECTURE_KEYS`.
 """
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,7 @@ from detlab.backbones import LEVEL_STRIDES, build_backbone
 from detlab.data.inputs import SquareLetterbox, check_model_input
 from detlab.data.transforms import Letterbox, to_original_boxes
 from detlab.heads.yolo import BOX_LOSSES, PRE_NMS_TOP_K, YOLOHead, YOLOLoss, postprocess
+from detlab.models import finetune
 from detlab.necks import YOLOv3Neck
 from detlab.settings import above, at_least, entries, multiple_of, setting, within
 
@@ -63,6 +65,15 @@ TRAINING_KEYS = ("box_loss", "ignore_threshold", "multi_anchor_threshold")
 RESUME_APPLIES = ("multi_label", "pre_nms_top_k")
 #: The key that sets the input's size (and so the memory a batch needs).
 INPUT_SIZE_KEYS = ("image_size",)
+
+
+#: Each level's predictor: per anchor, x, y, w, h, objectness, then one row per class.
+PREDICTOR_ROWS = finetune.ClassRows(ANCHORS_PER_LEVEL, 5, 1)
+
+
+def class_rows(key: str) -> finetune.ClassRows | None:
+    """How the state_dict tensor ``key`` depends on the classes (:class:`~detlab.models.finetune.ClassRows`)."""
+    return PREDICTOR_ROWS if re.fullmatch(r"head\.predictors\.\d+\.(weight|bias)", key) else None
 
 
 def default_anchors(image_size: int) -> list[list[float]]:
@@ -153,9 +164,10 @@ class YOLOv3(nn.Module):
 
 def build_yolov3(cfg, num_classes: int, class_names: list[str] | None = None) -> YOLOv3:
     """A :class:`YOLOv3` from a :class:`detlab.config.ModelConfig` whose section is a :class:`YOLOv3Config`
-    (``class_names`` are not needed: its weights are a backbone's)."""
+    (``class_names`` are not needed here: :func:`detlab.models.build_model` matches a detection checkpoint's
+    class rows by name)."""
     section = cfg.yolov3
-    backbone = build_backbone(cfg.backbone, weights=cfg.weights, levels=LEVELS)
+    backbone = build_backbone(cfg.backbone, weights=finetune.backbone_weights(cfg.weights), levels=LEVELS)
     loss = YOLOLoss(section.box_loss, section.ignore_threshold, section.multi_anchor_threshold)
     anchors = section.anchors if section.anchors is not None else default_anchors(section.image_size)
     return YOLOv3(backbone, num_classes, anchors, section.image_size, section.neck_channels, loss,

@@ -112,3 +112,29 @@ def test_imagenet_without_network_says_where_the_file_goes(tmp_path, monkeypatch
     expected = tmp_path / "hub" / "checkpoints" / os.path.basename(urlparse(url).path)
     with pytest.raises(WeightsError, match=f"without network, put the file at {expected}"):
         build_backbone("resnet18", weights="imagenet")
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"", "the file is empty"),
+    (b"PK\x03\x04" + b"\0" * 100, "a truncated or damaged torch file: an interrupted copy or download?"),
+])  # fmt: skip
+def test_a_damaged_cached_imagenet_file_says_to_remove_it_never_weights_only(content, what, tmp_path, monkeypatch):
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(urlparse(url).path)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(content)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsError) as raised:
+        build_backbone("resnet18", weights="imagenet")
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    assert str(raised.value) == (f"{cached}: the cached torchvision weights {weights} cannot be read ({what}); "
+                                 f"remove the file to download it again")
+
+
+def test_a_file_of_python_objects_is_refused_without_torchs_advice(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a whole module: pickled classes
+    with pytest.raises(WeightsError) as raised:
+        build_backbone("resnet18", weights=str(path))
+    assert str(raised.value).startswith(f"{path}: cannot be read as PyTorch weights (it holds Python objects (")
+    assert "weights_only" not in str(raised.value)
