@@ -261,3 +261,46 @@ def test_an_annotation_file_without_annotations_reads_as_empty_columns(tmp_path,
     columns = read_coco_annotations(_write(tmp_path / "ann.json", content))
     assert columns.ann_boxes_xywh.shape == (0, 4) and columns.ann_area.shape == (0,)
     assert columns.image_ids.tolist() == [1] and columns.category_ids.tolist() == [7]
+
+
+def _large_results(count: int, seed: int, trap: str | None = None) -> list[dict]:
+    """``count`` detections (a file over the native reader's 1 MB parallel threshold); ``trap``, when given, is a
+    skipped string in every 97th entry that looks like an entry start to the parallel reader's guess."""
+    rng = np.random.default_rng(seed)
+    results = [{"image_id": int(rng.integers(1, 10**6)), "category_id": int(rng.integers(1, 91)),
+                "bbox": [float(v) for v in rng.random(4) * 500], "score": float(rng.random())}
+               for _ in range(count)]
+    for i in range(0, count, 97) if trap else ():
+        results[i]["note"] = trap
+    return results
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("trap", [None, ', {"image_id": 1, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5}, {'])
+def test_the_parallel_native_read_of_a_large_file_equals_msgspec(threads, trap):
+    """Over 1 MB the native reader cuts the list into chunks read by several threads at guessed entry starts; a
+    guess inside a string (``trap``) must not change a value or the order."""
+    import torch
+
+    raw = json.dumps(_large_results(20_000, seed=threads, trap=trap)).encode()
+    assert len(raw) > 1 << 20
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native, expected = _both_paths(raw)
+    finally:
+        torch.set_num_threads(previous)
+    assert native is not None and len(native[3]) == 20_000
+    for column, want in zip(native, vars(expected).values()):
+        assert column.numpy().dtype == want.dtype and np.array_equal(column.numpy(), want)
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.99])
+def test_a_bad_entry_deep_in_a_large_file_gets_msgspecs_named_error(tmp_path, where):
+    from detlab.eval import read_coco_results
+
+    results = _large_results(20_000, seed=0)
+    index = int(where * len(results))
+    results[index]["score"] = "high"
+    message = _error(read_coco_results, _write(tmp_path / "dets.json", results))
+    assert f"detection #{index}: field 'score': expected `float`" in message

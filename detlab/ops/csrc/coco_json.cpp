@@ -9,8 +9,10 @@
 // values in the other accepted spellings and names the entry and field of a real error. So both paths give the
 // same columns or the same error, and this one is only the fast path of the common file.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cmath>
@@ -39,6 +41,21 @@ class ResultsParser {
       skip_space();
     } while (take(','));
     return take(']') && at_end();
+  }
+
+  // A run of entries that starts at ``start`` (a '{'), for the parallel read: with ``next`` set, it must end
+  // with the ',' (and spaces) after an entry exactly at ``next``, another chunk's start; with ``next`` null it
+  // must end with the list's ']' and the buffer. false: not so (a wrong guess of a start, or a file to read
+  // sequentially).
+  bool parse_run(const char* start, const char* next) {
+    p_ = start;
+    while (true) {
+      if (!detection()) return false;
+      skip_space();
+      if (!take(',')) return next == nullptr && take(']') && at_end();
+      skip_space();
+      if (next != nullptr && p_ >= next) return p_ == next;
+    }
   }
 
   int64_t offset() const { return p_ - begin_; }
@@ -258,6 +275,58 @@ class ResultsParser {
   }
 };
 
+// Files this large are read by several threads.
+constexpr int64_t kParallelBytes = 1 << 20;
+
+// Where a chunk after the first can start: the first '{' at or after ``from`` that follows ',' and spaces. It is
+// only a guess (the bytes could be inside a string or a skipped value); parse_parallel checks it.
+const char* entry_start_after(const char* from, const char* end) {
+  for (const char* p = from; p < end; ++p) {
+    if (*p != '{') continue;
+    const char* q = p;
+    while (q > from && (q[-1] == ' ' || q[-1] == '\n' || q[-1] == '\r' || q[-1] == '\t')) --q;
+    if (q > from && q[-1] == ',') return p;
+  }
+  return nullptr;
+}
+
+// The parallel read: the list is cut into chunks at guessed entry starts and each chunk parsed on its own. It
+// holds only if every chunk ends exactly where the next begins: chunk 0 starts at the true first entry, so by
+// induction each chunk then starts at a true entry, and the entries are the sequential parse's, in order. Any
+// chunk that does not fit makes the caller parse sequentially (which also finds where a bad file stops).
+bool parse_parallel(const char* begin, const char* end, int chunks, ResultsParser& out) {
+  const char* first = begin;
+  while (first < end && (*first == ' ' || *first == '\n' || *first == '\r' || *first == '\t')) ++first;
+  if (first == end || *first != '[') return false;
+  ++first;
+  while (first < end && (*first == ' ' || *first == '\n' || *first == '\r' || *first == '\t')) ++first;
+  if (first == end || *first != '{') return false;
+  std::vector<const char*> starts{first};
+  int64_t span = (end - first) / chunks;
+  for (int k = 1; k < chunks; ++k) {
+    const char* guess = entry_start_after(std::max(first + k * span, starts.back() + 1), end);
+    if (guess == nullptr) break;
+    starts.push_back(guess);
+  }
+  int n = static_cast<int>(starts.size());
+  std::vector<ResultsParser> parts;
+  parts.reserve(n);
+  for (int k = 0; k < n; ++k) parts.emplace_back(begin, end);
+  std::vector<char> ok(n, 0);
+  at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) ok[k] = parts[k].parse_run(starts[k], k + 1 < n ? starts[k + 1] : nullptr);
+  });
+  for (char chunk_ok : ok)
+    if (!chunk_ok) return false;
+  for (auto& part : parts) {
+    out.image_id.insert(out.image_id.end(), part.image_id.begin(), part.image_id.end());
+    out.category_id.insert(out.category_id.end(), part.category_id.begin(), part.category_id.end());
+    out.boxes.insert(out.boxes.end(), part.boxes.begin(), part.boxes.end());
+    out.scores.insert(out.scores.end(), part.scores.begin(), part.scores.end());
+  }
+  return true;
+}
+
 // data: uint8[B], the file's bytes -> (image_id int64[D], category_id int64[D], boxes_xywh float64[D, 4],
 // scores float64[D], stopped_at): stopped_at is -1 when the file was read, else the byte offset where this
 // reader gave up (the columns are then empty) - see the contract above.
@@ -267,8 +336,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t> read_coco_re
               data.device(), " with ", data.dim(), " dimensions");
   at::Tensor bytes = data.contiguous();
   const char* begin = reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>());
-  ResultsParser parser(begin, begin + bytes.numel());
-  bool ok = parser.parse();
+  const char* end = begin + bytes.numel();
+  ResultsParser parser(begin, end);
+  int threads = at::get_num_threads();
+  bool ok = bytes.numel() >= kParallelBytes && threads > 1 && parse_parallel(begin, end, threads, parser);
+  if (!ok) {
+    parser = ResultsParser(begin, end);
+    ok = parser.parse();
+  }
   auto longs = at::TensorOptions().dtype(at::kLong);
   auto doubles = at::TensorOptions().dtype(at::kDouble);
   int64_t n = ok ? static_cast<int64_t>(parser.scores.size()) : 0;
