@@ -25,6 +25,14 @@
 namespace detlab {
 namespace {
 
+// JSON's whitespace (RFC 8259): nothing else separates tokens
+bool is_space(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
+
+const char* skip_spaces(const char* p, const char* end) {
+  while (p < end && is_space(*p)) ++p;
+  return p;
+}
+
 class ResultsParser {
  public:
   ResultsParser(const char* begin, const char* end) : p_(begin), begin_(begin), end_(end) {}
@@ -74,7 +82,7 @@ class ResultsParser {
   }
 
   void skip_space() {
-    while (p_ < end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
+    p_ = skip_spaces(p_, end_);
   }
 
   bool take(char c) {
@@ -284,7 +292,7 @@ const char* entry_start_after(const char* from, const char* end) {
   for (const char* p = from; p < end; ++p) {
     if (*p != '{') continue;
     const char* q = p;
-    while (q > from && (q[-1] == ' ' || q[-1] == '\n' || q[-1] == '\r' || q[-1] == '\t')) --q;
+    while (q > from && is_space(q[-1])) --q;
     if (q > from && q[-1] == ',') return p;
   }
   return nullptr;
@@ -295,11 +303,9 @@ const char* entry_start_after(const char* from, const char* end) {
 // induction each chunk then starts at a true entry, and the entries are the sequential parse's, in order. Any
 // chunk that does not fit makes the caller parse sequentially (which also finds where a bad file stops).
 bool parse_parallel(const char* begin, const char* end, int chunks, ResultsParser& out) {
-  const char* first = begin;
-  while (first < end && (*first == ' ' || *first == '\n' || *first == '\r' || *first == '\t')) ++first;
+  const char* first = skip_spaces(begin, end);
   if (first == end || *first != '[') return false;
-  ++first;
-  while (first < end && (*first == ' ' || *first == '\n' || *first == '\r' || *first == '\t')) ++first;
+  first = skip_spaces(first + 1, end);
   if (first == end || *first != '{') return false;
   std::vector<const char*> starts{first};
   int64_t span = (end - first) / chunks;
