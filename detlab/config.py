@@ -151,7 +151,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = setting(14, check=EPOCHS)  # the most, >= 1; train.time_limit may cut them
-    batch_size: int = setting(8, check=BATCH_SIZE)  # images per step, >= 1
+    # images per step and process, >= 1 (torchrun: N processes train on N x batch_size per step, LR x N)
+    batch_size: int = setting(8, check=BATCH_SIZE)
     optimizer: str = choice("adamw", OPTIMIZERS)
     lr: float = setting(1.5e-3, check=LR)  # > 0
     momentum: float = setting(0.9, check=MOMENTUM)  # sgd momentum / adam(w) beta1, in [0, 1)
@@ -179,6 +180,10 @@ class TrainConfig:
     transfer: str = setting("full", check=transfer_problem)
     # backbone LR = lr * this (>= 0); None: 0.1 with pretrained weights, else 1
     backbone_lr_mult: float | None = setting(None, check=BACKBONE_LR_MULT)
+    # freeze every BatchNorm of the model (statistics and affine), head included: for small batches per process
+    freeze_all_bn: bool = False
+    # torchrun on GPUs: BatchNorm statistics over all processes' images (torch's SyncBatchNorm, CUDA only)
+    sync_bn: bool = False
     seed: int = 0
     # auto (CUDA when visible, else CPU) | cpu | cuda | cuda:N; checked against this machine when a config to run
     # here loads (load_config without base), not in a checkpoint's stored config

@@ -2,6 +2,7 @@
 
     python tools/eval_det.py --results dets.json --ann instances_val2017.json [--out-dir runs/eval] [--voc]
     python tools/eval_det.py --checkpoint runs/x/best.pt [--set data.root=/data/voc] [--split val|train]
+    torchrun --nproc_per_node=4 tools/eval_det.py --checkpoint ...   # the images shared by 4 processes
 
 Prints pycocotools' 12 stats and a per-class AP table (``--voc``: VOC AP at ``--iou``, crowd as difficult),
 writes ``metrics.json`` (all figures) and ``pr_curves.png`` into ``--out-dir``. The JSON files are decoded straight
@@ -54,7 +55,11 @@ def main(argv=None) -> int:
 def _evaluate_checkpoint(args) -> int:
     from detlab.engine.evaluate import evaluate_checkpoint
 
+    from detlab.engine.distributed import world_from_env
+
     evaluation = evaluate_checkpoint(args.checkpoint, args.set, args.out_dir, args.split, args.device)
+    if not world_from_env().is_main:  # under torchrun process 0 alone reports
+        return 0
     print(evaluation.table)
     print(f"wrote {Path(args.out_dir) / 'metrics.json'} and {Path(args.out_dir) / 'pr_curves.png'}")
     return 0

@@ -4,6 +4,7 @@
     python tools/train_det.py --config configs/yolov3_resnet50_voc.yaml --set data.root=/data/voc
     python tools/train_det.py --set train.epochs=50 model.backbone=resnet18 model.yolov3.image_size=160
     python tools/train_det.py --config ... --resume runs/x/last.pt     # continue a run exactly
+    torchrun --nproc_per_node=4 tools/train_det.py --config ...         # data-parallel on 4 GPUs (or CPU processes)
 """
 
 import argparse
@@ -12,6 +13,7 @@ import sys
 from detlab.cli import tool
 from detlab.config import load_config
 from detlab.engine import train
+from detlab.engine.distributed import world_from_env
 
 
 @tool
@@ -23,6 +25,8 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", help="checkpoint (last.pt) of this run to continue from")
     args = parser.parse_args(argv)
     summary = train(load_config(args.config, args.set), resume=args.resume)
+    if not world_from_env().is_main:  # under torchrun process 0 alone reports
+        return 0
     print(summary["table"])
     figure = "VOC mAP@0.5" if summary["metric"] == "voc" else "COCO AP@[.5:.95]"
     print(f"{figure}: {summary['headline']:.4f} (AP50 {summary['ap50']:.4f}); best {summary['best_metric']:.4f} "

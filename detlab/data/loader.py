@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 
 def collate(batch: Sequence[tuple]) -> tuple[list[torch.Tensor], list[dict]]:
@@ -56,7 +56,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
     ``len(sampler) // batch_size`` batches: the largest partial batches are completed with repeats of their own
     images (torchvision's reference sampler does the same), so a group smaller than a batch (say 7 portrait images
     with batch 8) is trained on rather than dropped every epoch. ``sampler`` must visit every index once per epoch
-    (Random/SequentialSampler), which makes ``len`` known in advance.
+    (Random/Sequential/ShardSampler), which makes ``len`` known in advance; with ``drop_last`` it is
+    ``len(sampler) // batch_size``, the same on every process of a distributed run.
     """
 
     def __init__(self, sampler: Sampler, group_ids: Sequence[int], batch_size: int, drop_last: bool = False):
@@ -81,10 +82,55 @@ class GroupedBatchSampler(Sampler[list[int]]):
             yield (group * self.batch_size)[: self.batch_size]
 
     def __len__(self) -> int:
-        counts = np.bincount(self.group_ids)
         if self.drop_last:
-            return int(counts.sum() // self.batch_size)
+            return len(self.sampler) // self.batch_size
+        if len(self.sampler) != len(self.group_ids):
+            raise ValueError("the batches of a share of the images (ShardSampler of several processes) are counted "
+                             "in advance only with drop_last")
+        counts = np.bincount(self.group_ids)
         return int((counts // self.batch_size + (counts % self.batch_size > 0)).sum())
+
+
+class ShardSampler(Sampler[int]):
+    """Process ``rank``'s share of one epoch of ``range(length)`` among ``world_size`` processes: the permutation
+    seeded by ``seed`` (the same on every process; in order without ``shuffle``), dealt round-robin (process ``r``
+    takes positions ``r, r + N, ...``) after dropping the last ``length % N`` positions, so that every process
+    has ``length // N`` indices and as many steps. The images of step k of N processes with batch b are then those
+    of step k of one process with batch N x b. One process: the whole permutation. Each iteration draws the next
+    permutation of the seeded sequence (a new order per pass, as ``RandomSampler``'s)."""
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        if length < world_size:
+            raise ValueError(f"{length} images cannot be shared by {world_size} processes: each needs one at least")
+        self.length, self.shuffle, self.rank, self.world_size = length, shuffle, rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = torch.randperm(self.length, generator=self.generator).tolist()
+        else:
+            order = list(range(self.length))
+        return iter(order[self.rank : len(self) * self.world_size : self.world_size])
+
+    def __len__(self) -> int:
+        return self.length // self.world_size
+
+
+class ShardBatchSampler(Sampler[list[int]]):
+    """Process ``rank``'s batches of ``range(length)`` evaluated in order by ``world_size`` processes: batches of
+    ``batch_size`` consecutive indices, process ``r`` taking batches ``r, r + N, ...``. Each image is in the batch
+    it has on one process, and nothing is padded or repeated (a padding sampler would count images twice); a
+    process may get one batch fewer than another."""
+
+    def __init__(self, length: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.length, self.batch_size, self.rank, self.world_size = length, batch_size, rank, world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        starts = range(self.rank * self.batch_size, self.length, self.world_size * self.batch_size)
+        return (list(range(start, min(start + self.batch_size, self.length))) for start in starts)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, -(-self.length // self.batch_size), self.world_size))
 
 
 def seed_worker(worker_id: int) -> None:
@@ -96,20 +142,26 @@ def seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 2, seed: int = 0,
-                pin_memory: bool | None = None, group_by_aspect: bool = False, drop_last: bool = False) -> DataLoader:
+                pin_memory: bool | None = None, group_by_aspect: bool = False, drop_last: bool = False,
+                rank: int = 0, world_size: int = 1) -> DataLoader:
     """A DataLoader yielding ``(list of images, list of targets)`` via :func:`collate`.
 
     ``seed`` fixes the shuffle order and every worker's RNG (same batches and augmentations on every run with the
     same ``num_workers``); ``pin_memory`` defaults to whether CUDA is available; ``group_by_aspect`` batches
-    landscape and portrait images separately (:class:`GroupedBatchSampler`).
+    landscape and portrait images separately (:class:`GroupedBatchSampler`). Process ``rank`` of ``world_size``
+    (torch.distributed) gets its share: with ``shuffle`` (training) of each epoch's permutation
+    (:class:`ShardSampler`), without (evaluation) every N-th batch in order (:class:`ShardBatchSampler`).
     """
-    generator = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    if group_by_aspect:
-        batch_sampler = GroupedBatchSampler(sampler, aspect_ratio_groups(dataset), batch_size, drop_last)
-        batching = dict(batch_sampler=batch_sampler)
+    sampler = ShardSampler(len(dataset), seed, shuffle, rank, world_size) if shuffle or world_size == 1 else None
+    if sampler is None:
+        batching = dict(batch_sampler=ShardBatchSampler(len(dataset), batch_size, rank, world_size))
+    elif group_by_aspect:
+        groups = aspect_ratio_groups(dataset)
+        batching = dict(batch_sampler=GroupedBatchSampler(sampler, groups, batch_size, drop_last))
     else:
         batching = dict(sampler=sampler, batch_size=batch_size, drop_last=drop_last)
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    # worker RNGs differ between processes (their images differ; equal augmentation draws would correlate them)
+    generator = torch.Generator().manual_seed(seed + (rank << 32))
     return DataLoader(dataset, collate_fn=collate, num_workers=num_workers, worker_init_fn=seed_worker,
                       generator=generator, pin_memory=pin_memory, **batching)

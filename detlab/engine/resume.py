@@ -38,7 +38,8 @@ REFUSED = {
     "optimisation": ("train.batch_size", "train.optimizer", "train.lr", "train.momentum", "train.nesterov",
                      "train.weight_decay", "train.warmup_epochs", "train.schedule", "train.final_lr_fraction",
                      "train.milestones", "train.gamma", "train.clip_grad_norm", "train.amp", "train.ema",
-                     "train.ema_decay", "train.ema_tau", "train.transfer", "train.backbone_lr_mult", "train.seed"),
+                     "train.ema_decay", "train.ema_tau", "train.transfer", "train.backbone_lr_mult", "train.freeze_all_bn",
+                     "train.sync_bn", "train.seed"),
 }  # fmt: skip
 
 

@@ -16,6 +16,9 @@ epoch's batches and augmentations do not depend on the epochs before it, and ``r
 killed at any moment and resumed from its ``last.pt`` ends with the same weights, bit for bit, as one never
 interrupted. What ``--resume`` takes from the checkpoint and what from the config: :mod:`detlab.engine.resume`.
 
+Under ``torchrun`` the run is data-parallel (DistributedDataParallel) over its processes: ``train.batch_size`` per
+process, the LR scaled by their number, process 0 alone writing; :mod:`detlab.engine.distributed` gives the rules.
+
 A run that diverges (a NaN or infinite loss or gradient norm, or a loss :data:`EXPLOSION` times its first) stops
 with a :class:`DivergedError`, one that runs out of GPU memory with an
 :class:`~detlab.engine.evaluate.OutOfMemoryError`; both name the settings to change and leave the last checkpoint
@@ -34,6 +37,7 @@ from detlab.config import Config, ConfigError, config_from_dict, config_to_dict
 from detlab.data import make_loader
 from detlab.engine.checkpoint import (CheckpointError, load_checkpoint, remove_interrupted_writes, rng_state,
                                      save_checkpoint, set_rng_state)
+from detlab.engine import distributed
 from detlab.engine.data import build_data
 from detlab.engine.ema import ModelEMA
 from detlab.engine.evaluate import evaluate_model, out_of_memory, write_report
@@ -62,13 +66,19 @@ class Trainer:
     """One training run: model, optimizer, schedule, EMA, data and logs of a :class:`Config`."""
 
     def __init__(self, cfg: Config, print_fn=print):
-        self.cfg, self.print = cfg, print_fn
+        self.cfg = cfg
         t = cfg.train
         set_threads(t.threads)
         try:
-            self.device = resolve_device(t.device)
+            device = resolve_device(t.device)
         except ValueError as e:  # this machine lacks the device
             raise ConfigError(f"train.device: {e}") from None
+        self.world = distributed.setup(device)  # torchrun's processes, or one
+        self.device = distributed.process_device(device, self.world)
+        self.print = print_fn if self.world.is_main else (lambda *args, **kwargs: None)
+        if t.sync_bn and self.world.distributed and self.device.type != "cuda":
+            raise ConfigError("train.sync_bn: torch's SyncBatchNorm runs on CUDA devices only, and this run is on "
+                              f"{self.device}; use train.freeze_all_bn=true, or leave BatchNorm per process")
         torch.manual_seed(t.seed)
         self.inputs = input_pipeline(cfg.model)  # the model family says how its images are shaped
         self.data = build_data(cfg.data, self.inputs, t.seed)
@@ -76,21 +86,39 @@ class Trainer:
         self.model = build_model(cfg.model, len(self.data.class_names), list(self.data.class_names))
         if getattr(self.model, "initial_weights", None):
             self.print(self.model.initial_weights)
-        apply_strategy(self.model, t.transfer)
+        apply_strategy(self.model, t.transfer, t.freeze_all_bn)
+        if t.sync_bn and self.world.distributed:
+            distributed.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
-        self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov,
+        lr = t.lr * self.world.size  # the linear scaling rule (detlab.engine.distributed)
+        if self.world.distributed:
+            self.print(f"{self.world.size} processes x train.batch_size {t.batch_size} = {self.world.size * t.batch_size}"
+                       f" images per step; LR train.lr {t.lr:g} x {self.world.size} = {lr:g}")
+        self.optimizer = build_optimizer(self.model, t.optimizer, lr, t.weight_decay, t.momentum, t.nesterov,
                                          t.backbone_lr_mult, pretrained=cfg.model.weights is not None)
-        # one partial batch at most per epoch; a dataset smaller than a batch is still one batch
-        self.drop_last = len(self.data.train) > t.batch_size
-        n = len(self.data.train)
-        self.iterations_per_epoch = n // t.batch_size if self.drop_last else 1
+        # one partial batch at most per epoch; a dataset smaller than a batch is still one batch. Each process
+        # trains on its share of the images, and all take as many steps (DDP waits for every process's gradients)
+        n = len(self.data.train) // self.world.size
+        if n == 0:
+            raise ConfigError(f"{len(self.data.train)} training images cannot be shared by {self.world.size} "
+                              f"processes: use fewer processes (torchrun --nproc_per_node)")
+        self.drop_last = n > t.batch_size or (self.world.distributed and self.inputs.group_by_aspect)
+        self.iterations_per_epoch = max(n // t.batch_size, 1) if self.drop_last else 1
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor(t.epochs))
         self.scaler = grad_scaler(self.device, t.amp)
         self.ema = ModelEMA(self.model, t.ema_decay, t.ema_tau) if t.ema else None
+        # what the training step calls: the model, or its DDP wrapper, which averages the gradients over the
+        # processes during backward. Every parameter takes part in both families' losses, so DDP needs no
+        # find_unused_parameters (which costs a graph traversal per step)
+        self.train_model = self.model
+        if self.world.distributed:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.out = Path(t.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        remove_interrupted_writes(self.out, RUN_FILES, self.print)
-        self.data.write_splits(self.out)  # so the evaluation set of the run is known
+        if self.world.is_main:
+            remove_interrupted_writes(self.out, RUN_FILES, self.print)
+            self.data.write_splits(self.out)  # so the evaluation set of the run is known
         self.epoch, self.history, self.best_metric, self.best_epoch = 0, [], -math.inf, None
         # epochs this run will train: train.epochs, or fewer when train.time_limit cannot hold them (fit_time_limit)
         self.planned_epochs, self.train_seconds = t.epochs, 0.0
@@ -117,6 +145,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "planned_epochs": self.planned_epochs,
             "train_seconds": self.train_seconds,
+            "processes": self.world.size,
         }
 
     @property
@@ -146,6 +175,12 @@ class Trainer:
                                   f"best.pt is); resume from the run's last.pt")
         theirs = config_from_dict(state["config"], source=f"checkpoint {path}")
         changes = check_resume(path, theirs, self.cfg, list(state["class_names"]), list(self.data.class_names))
+        processes = state.get("processes", 1)
+        if processes != self.world.size:
+            raise CheckpointError(f"cannot resume from {path}: its run trained on {processes} process(es) and this "
+                                  f"one has {self.world.size}; the batches and the LR depend on it. Resume with "
+                                  f"{_launch(processes)}, or start a new run from its weights with --set "
+                                  f"model.weights={path}")
         self.model.load_state_dict(state["model"])
         if self.ema and state["ema"]:
             self.ema.load_state_dict(state["ema"])
@@ -170,7 +205,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train the remaining epochs; returns the summary of the run (see :func:`train`)."""
         t = self.cfg.train
-        logger = RunLogger(self.out, self.epoch, self.print)
+        logger = RunLogger(self.out, self.epoch, self.print) if self.world.is_main else None
         start = time.perf_counter()
         evaluation = None
         try:
@@ -179,26 +214,35 @@ class Trainer:
                 with self.memory_guard(f"training epoch {self.epoch + 1}"):
                     record = self.train_one_epoch()
                 self.epoch += 1
+                if self.ema:
+                    distributed.broadcast_module(self.ema.module, self.world)
                 if t.time_limit is not None:
-                    self.fit_time_limit(t.time_limit * 60, self.train_seconds + time.perf_counter() - epoch_start)
+                    # process 0's clock for all: every process must plan the same epochs
+                    elapsed = distributed.broadcast_object(self.train_seconds + time.perf_counter() - epoch_start,
+                                                          self.world)
+                    self.fit_time_limit(t.time_limit * 60, elapsed)
                 if self.epoch % t.eval_every == 0 or self.epoch == self.planned_epochs:
                     evaluation = self.evaluate()
                     record.update(mAP50=evaluation.ap50, metric=evaluation.headline)
                     if evaluation.headline > self.best_metric:
                         self.best_metric, self.best_epoch = evaluation.headline, self.epoch
-                        save_checkpoint(self.inference_state(), self.out / "best.pt")
+                        if self.world.is_main:
+                            save_checkpoint(self.inference_state(), self.out / "best.pt")
                 self.history.append(record)
-                logger.log(record)
                 self.train_seconds += time.perf_counter() - epoch_start
-                save_checkpoint(self.state(), self.out / "last.pt")
                 self.saved = (self.out / "last.pt", self.epoch)
-                self.plot()
+                if self.world.is_main:
+                    logger.log(record)
+                    save_checkpoint(self.state(), self.out / "last.pt")
+                    self.plot()
         finally:
-            logger.close()
+            if logger is not None:
+                logger.close()
         seconds = time.perf_counter() - start
         if evaluation is None:  # resumed a finished run: evaluate once so there is a table to show
             evaluation = self.evaluate()
-        write_report(evaluation, self.out, title=f"{self.cfg.model.name} {self.cfg.data.dataset}")
+        if self.world.is_main:
+            write_report(evaluation, self.out, title=f"{self.cfg.model.name} {self.cfg.data.dataset}")
         return {"metric": self.data.metric, "headline": evaluation.headline, "ap50": evaluation.ap50,
                 "table": evaluation.table, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                 "seconds": seconds, "out_dir": str(self.out)}
@@ -233,15 +277,18 @@ class Trainer:
 
     def train_one_epoch(self) -> dict:
         t = self.cfg.train
-        torch.manual_seed(t.seed + self.epoch)
+        # augmentations and samplers draw differently on each process (they see other images)
+        torch.manual_seed(t.seed + self.epoch + (self.world.rank << 32))
         loader = make_loader(self.data.train, t.batch_size, shuffle=True, num_workers=self.cfg.data.num_workers,
                              seed=t.seed + self.epoch, drop_last=self.drop_last,
-                             group_by_aspect=self.inputs.group_by_aspect)
+                             group_by_aspect=self.inputs.group_by_aspect, rank=self.world.rank,
+                             world_size=self.world.size)
         self.model.train()
         sums, count, start = {}, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.planned_epochs}", leave=False, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.planned_epochs}", leave=False, dynamic_ncols=True,
+                   disable=not self.world.is_main)
         for images, targets in bar:
-            if self.epoch == 0 and count == 0:
+            if self.epoch == 0 and count == 0 and self.world.is_main:
                 draw_batch(images[:16], targets[:16], self.data.class_names, self.out / "train_batch0.png")
             losses = self.step(images, targets)
             count += 1
@@ -258,16 +305,21 @@ class Trainer:
         (:meth:`check_divergence`) raises before it changes the weights."""
         t = self.cfg.train
         images = [image.to(self.device, non_blocking=True) for image in images]
+        # the targets too, here and asynchronously: a model moving them itself copies them blocking (a host sync)
+        targets = [{k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                    for k, v in target.items()} for target in targets]
         with autocast(self.device, t.amp):
-            losses = self.model(images, targets)
+            losses = self.train_model(images, targets)
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         norm = self.clip_gradients()
         # One host sync per step, once the backward pass is queued: the loss parts (and the gradient norm) as
-        # floats, for the log and the divergence checks
+        # floats, for the log and the divergence checks; their mean over the processes, so that all of them log
+        # and stop alike
         watched = [loss, *losses.values(), *([] if norm is None else [norm])]
-        floats = torch.stack([value.detach().float() for value in watched]).tolist()
+        watched = torch.stack([value.detach().float() for value in watched])
+        floats = distributed.mean_over_processes(watched, self.world).tolist()
         values = dict(zip(["loss", *losses], floats))
         self.check_divergence(values, None if norm is None else floats[-1])
         self.scaler.step(self.optimizer)
@@ -326,7 +378,8 @@ class Trainer:
     def evaluate(self):
         with self.memory_guard(f"evaluating epoch {self.epoch}"):
             evaluation = evaluate_model(self.evaluated_model, self.data.val, self.data.class_names,
-                                        self.data.metric, batch_size=self.cfg.train.batch_size, device=self.device)
+                                        self.data.metric, batch_size=self.cfg.train.batch_size, device=self.device,
+                                        progress=self.world.is_main, world=self.world)
         self.print(f"epoch {self.epoch}: {self.data.metric} AP50 {evaluation.ap50:.4f}"
                    + (f", AP {evaluation.headline:.4f}" if self.data.metric == "coco" else ""))
         return evaluation
@@ -345,7 +398,14 @@ def train(cfg: Config, resume: str | Path | None = None, print_fn=print) -> dict
         "out_dir"}`` of the last evaluation. Raises :class:`DivergedError` when the training diverges, an
         :class:`~detlab.engine.evaluate.OutOfMemoryError` when a batch does not fit in the GPU's memory.
     """
-    trainer = Trainer(cfg, print_fn)
-    if resume is not None:
-        trainer.resume(resume)
-    return trainer.fit()
+    try:
+        trainer = Trainer(cfg, print_fn)
+        if resume is not None:
+            trainer.resume(resume)
+        return trainer.fit()
+    finally:
+        distributed.teardown()
+
+
+def _launch(processes: int) -> str:
+    return "python tools/train_det.py" if processes == 1 else f"torchrun --nproc_per_node={processes} ..."
