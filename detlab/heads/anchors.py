@@ -46,19 +46,26 @@ class AnchorGenerator(nn.Module):
         if len(feature_shapes) != len(self.cell_anchors):
             raise ValueError(f"{len(feature_shapes)} feature maps but anchors for {len(self.cell_anchors)} levels")
         key = (tuple(batch_shape), tuple(map(tuple, feature_shapes)), dtype, device)
-        if key not in self._cache:
-            self._cache.clear()  # one batch shape at a time is what training and inference reuse
-            levels = []
-            for (h, w), base in zip(feature_shapes, self.cell_anchors):
-                stride_y, stride_x = batch_shape[0] // h, batch_shape[1] // w
-                shifts_x = torch.arange(0, w, dtype=torch.int32, device=device) * stride_x
-                shifts_y = torch.arange(0, h, dtype=torch.int32, device=device) * stride_y
-                shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-                shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
-                shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-                levels.append((shifts.view(-1, 1, 4) + base.to(device).view(1, -1, 4)).reshape(-1, 4))
-            self._cache[key] = torch.cat(levels).to(dtype)
-        return self._cache[key]
+        anchors = self._cache.get(key)
+        if anchors is None:
+            anchors = self.grid_anchors(batch_shape, feature_shapes, dtype, device)
+            # one batch shape at a time is what training and inference reuse; replaced whole, never cleared and
+            # refilled, so a Detector predicting in several threads never reads a half-updated cache
+            self._cache = {key: anchors}
+        return anchors
+
+    def grid_anchors(self, batch_shape, feature_shapes, dtype=torch.float32, device=None) -> torch.Tensor:
+        """:meth:`forward` without its cache, for sizes that are traced or symbolic (:mod:`detlab.deploy`)."""
+        levels = []
+        for (h, w), base in zip(feature_shapes, self.cell_anchors):
+            stride_y, stride_x = batch_shape[0] // h, batch_shape[1] // w
+            shifts_x = torch.arange(0, w, dtype=torch.int32, device=device) * stride_x
+            shifts_y = torch.arange(0, h, dtype=torch.int32, device=device) * stride_y
+            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+            shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+            levels.append((shifts.view(-1, 1, 4) + base.to(device).view(1, -1, 4)).reshape(-1, 4))
+        return torch.cat(levels).to(dtype)
 
 
 def cell_anchors(sizes, aspect_ratios) -> torch.Tensor:
