@@ -50,8 +50,18 @@ def test_ops_import_nothing_else_from_detlab():
 def test_lower_layers_never_import_models_engine_or_api(folder):
     for path in sources(DETLAB / folder):
         upward = {name for name in imports_of(path)
-                  if name.startswith(("detlab.models", "detlab.engine", "detlab.api", "detlab.classify"))}
+                  if name.startswith(("detlab.models", "detlab.engine", "detlab.api", "detlab.classify",
+                                      "detlab.deploy"))}
         assert not upward, (path, upward)
+
+
+def test_deploy_sits_between_the_api_and_the_models():
+    """detlab.deploy (export) knows the concrete families; the api calls it; nothing below the api calls it."""
+    for folder in ("engine", "models", "heads", "necks", "ops", "data", "eval", "classify", "backbones"):
+        for path in sources(DETLAB / folder):
+            assert not {name for name in imports_of(path) if name.startswith("detlab.deploy")}, path
+    for path in sources(DETLAB / "deploy"):
+        assert not {name for name in imports_of(path) if name.startswith(("detlab.api", "detlab.engine"))}, path
 
 
 def test_detlab_owns_its_detectors_and_never_imports_torchvisions_detection_models():

@@ -255,8 +255,9 @@ class YOLOLoss(nn.Module):
                 counted = ~(ignore_mask(detached, targets, self.ignore_threshold)
                             | inside_ignore_regions(detached, targets))
                 obj_target = torch.zeros_like(counted, dtype=output.dtype)
-                obj_target[index] = 1.0
-                counted[index] = True
+                # values already on the device: ``tensor[index] = 1.0`` copies a host scalar there, a host sync
+                obj_target.index_put_(index, obj_target.new_ones(()))
+                counted.index_put_(index, counted.new_ones(()))
             obj = F.binary_cross_entropy_with_logits(output[..., 4], obj_target, reduction="none")
             losses["loss_obj"] = losses["loss_obj"] + (obj * counted).sum()
             if len(pos.batch) == 0:
@@ -286,6 +287,23 @@ class YOLOLoss(nn.Module):
         return xy.sum(-1) + (picked[:, 2:4] - log_wh).pow(2).sum(-1)
 
 
+def decode_predictions(outputs: list[torch.Tensor], head: YOLOHead, multi_label: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every prediction of every level as boxes (Tensor[B, N, 4] xyxy input pixels, N = sum of A * H_i * W_i) and
+    (box, class) scores (Tensor[B, N, C]) ``sigmoid(objectness) * sigmoid(class)``; without ``multi_label`` only
+    each box's best class keeps its score, the others are 0 (see :func:`postprocess`)."""
+    boxes, scores = [], []
+    for level, output in enumerate(outputs):
+        output = output.float()
+        boxes.append(head.decode(output, level).flatten(1, 3))
+        scores.append((output[..., 4:5].sigmoid() * output[..., 5:].sigmoid()).flatten(1, 3))
+    boxes, scores = torch.cat(boxes, 1), torch.cat(scores, 1)
+    if not multi_label:
+        best = scores.max(-1, keepdim=True)
+        scores = torch.zeros_like(scores).scatter_(-1, best.indices, best.values)
+    return boxes, scores
+
+
 def postprocess(outputs: list[torch.Tensor], head: YOLOHead, score_threshold: float, nms_threshold: float,
                 max_detections: int, multi_label: bool = True, pre_nms_top_k: int = PRE_NMS_TOP_K) -> list[dict]:
     """Detections per image in input pixels, from the raw ``outputs`` of ``head`` (decoded as it says).
@@ -301,16 +319,8 @@ def postprocess(outputs: list[torch.Tensor], head: YOLOHead, score_threshold: fl
     """
     from detlab.ops import batched_nms  # imported here: building the native ops is only needed to predict
 
-    boxes, scores = [], []
-    for level, output in enumerate(outputs):
-        output = output.float()
-        boxes.append(head.decode(output, level).flatten(1, 3))
-        scores.append((output[..., 4:5].sigmoid() * output[..., 5:].sigmoid()).flatten(1, 3))
-    boxes, scores = torch.cat(boxes, 1), torch.cat(scores, 1)  # [B, N, 4], [B, N, C]
+    boxes, scores = decode_predictions(outputs, head, multi_label)
     results = []
-    if not multi_label:
-        best = scores.max(-1, keepdim=True)
-        scores = torch.zeros_like(scores).scatter_(-1, best.indices, best.values)
     for image_boxes, image_scores in zip(boxes, scores):
         flat = image_scores.flatten()
         candidates = (flat > score_threshold).nonzero().squeeze(1)
