@@ -158,11 +158,10 @@ class Detector:
         error reading an image is raised when its batch is reached, ``images[i]: `` before it when ``named``."""
         if self.closed:
             raise RuntimeError("this Detector is closed (close() or its with block ended); create a new one")
-        submit = self.pool.submit if self.pool is not None else _run_now
         ahead = []
         try:
             for start in range(0, len(images), batch_size):
-                futures = [submit(self._read, images[i], i, named)
+                futures = [self._submit(self._read, images[i], i, named)
                            for i in range(start, min(start + batch_size, len(images)))]
                 if ahead:
                     yield [future.result() for future in ahead]
@@ -172,6 +171,19 @@ class Detector:
         finally:  # an error, or a caller that stops early: the batch read ahead is not needed
             for future in ahead:
                 future.cancel()
+
+    def _submit(self, *call) -> Future:
+        """``call`` handed to the pool (or run now without one); a Detector closed meanwhile by another thread is
+        the closed Detector's error, not the pool's."""
+        if self.pool is None:
+            return _run_now(*call)
+        try:
+            return self.pool.submit(*call)
+        except RuntimeError:  # "cannot schedule new futures after shutdown"
+            if self.closed:
+                raise RuntimeError("this Detector was closed (close() or its with block ended) while predicting; "
+                                   "create a new one") from None
+            raise
 
     def _read(self, image, index: int, named: bool) -> torch.Tensor:
         """``image`` as a CPU Tensor[3, H, W] (:func:`as_image_tensor`), pinned when the model runs on a GPU so

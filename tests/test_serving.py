@@ -114,7 +114,35 @@ def test_close_stops_the_threads_and_later_predictions(checkpoint):
 def test_bad_constructor_arguments_are_clear_errors(checkpoint, kwargs, error, message):
     with pytest.raises(error, match=message):
         Detector.from_checkpoint(checkpoint, device="cpu", **kwargs)
-    assert issubclass(DeviceError, ValueError)  # half=True on the CPU is a ValueError too
+
+
+def test_one_detector_serves_several_threads_at_once(checkpoint, mixed_images):
+    """Threads predicting through one Detector (and its pool) at the same time each get their own images'
+    detections, as predicted alone."""
+    with Detector.from_checkpoint(checkpoint, device="cpu", overrides=EVERYTHING, workers=2) as detector:
+        want = detector.predict(mixed_images, score_threshold=0.0, batch_size=2)
+        results, errors = {}, []
+        start = threading.Barrier(4)
+
+        def serve(thread: int) -> None:
+            try:
+                start.wait()
+                for _ in range(3):  # the batches of `want`: the same images, bit for bit the same detections
+                    results.setdefault(thread, []).append(detector.predict(mixed_images, score_threshold=0.0,
+                                                                           batch_size=2))
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=serve, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not errors and len(results) == 4
+        for rounds in results.values():
+            for got in rounds:
+                for a, b in zip(got, want, strict=True):
+                    assert_identical(a, b)
 
 
 def test_benchmark_reports_latency_percentiles_and_throughput(checkpoint, tmp_path):

@@ -57,7 +57,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
     images (torchvision's reference sampler does the same), so a group smaller than a batch (say 7 portrait images
     with batch 8) is trained on rather than dropped every epoch. ``sampler`` must visit every index once per epoch
     (Random/Sequential/ShardSampler), which makes ``len`` known in advance; with ``drop_last`` it is
-    ``len(sampler) // batch_size``, the same on every process of a distributed run.
+    ``len(sampler) // batch_size`` (at least 1), the same on every process of a distributed run.
     """
 
     def __init__(self, sampler: Sampler, group_ids: Sequence[int], batch_size: int, drop_last: bool = False):
@@ -82,8 +82,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
             yield (group * self.batch_size)[: self.batch_size]
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return len(self.sampler) // self.batch_size
+        if self.drop_last:  # at least one batch: a share smaller than a batch is completed with its own repeats
+            return max(len(self.sampler) // self.batch_size, 1)
         if len(self.sampler) != len(self.group_ids):
             raise ValueError("the batches of a share of the images (ShardSampler of several processes) are counted "
                              "in advance only with drop_last")
@@ -133,6 +133,16 @@ class ShardBatchSampler(Sampler[list[int]]):
         return len(range(self.rank, -(-self.length // self.batch_size), self.world_size))
 
 
+def process_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``'s own random draws (augmentations, samplers) in a run seeded ``seed``: ``seed``
+    itself on process 0 (a one-process run draws as before), another 32-bit seed on each other process, so that
+    processes that see other images do not draw alike. (torch's CPU generator keeps only a seed's low 32 bits:
+    adding ``rank << 32`` would change nothing.)"""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**63, rank]).generate_state(1)[0])
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed numpy and ``random`` in a DataLoader worker from torch's per-worker seed (DataLoader seeds only
     torch), so any transform's randomness is fixed by the loader's seed."""
@@ -162,6 +172,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_wo
         batching = dict(sampler=sampler, batch_size=batch_size, drop_last=drop_last)
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     # worker RNGs differ between processes (their images differ; equal augmentation draws would correlate them)
-    generator = torch.Generator().manual_seed(seed + (rank << 32))
+    generator = torch.Generator().manual_seed(process_seed(seed, rank))
     return DataLoader(dataset, collate_fn=collate, num_workers=num_workers, worker_init_fn=seed_worker,
                       generator=generator, pin_memory=pin_memory, **batching)

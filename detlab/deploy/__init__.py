@@ -70,7 +70,10 @@ def exportable(model: torch.nn.Module) -> torch.nn.Module:
 
     if backend().name != "native":
         raise ExportError("export traces detlab's native ops, but DETLAB_OPS=torchvision is set: unset it to export")
-    return graph(copy.deepcopy(model).cpu().float().eval()).eval().requires_grad_(False)
+    try:
+        return graph(copy.deepcopy(model).cpu().float().eval()).eval().requires_grad_(False)
+    except NotImplementedError as e:  # a part of the model the graph cannot express
+        raise ExportError(f"model: {e}") from None
 
 
 def export(model: torch.nn.Module, path: str | Path, format: str = "onnx", class_names: list[str] | None = None,

@@ -121,7 +121,7 @@ class FasterRCNNGraph(nn.Module):
         self.model = model
         pooler = model.roi_heads.pooler
         if not isinstance(pooler, (FPNPooler, C4Pooler)):
-            raise TypeError(f"cannot export a Faster R-CNN with a {type(pooler).__name__} pooler")
+            raise NotImplementedError(f"cannot export a Faster R-CNN with a {type(pooler).__name__} pooler")
         # the pooled levels' scales are powers of two fixed by the architecture: found once on an example
         with torch.no_grad():
             example = self.example(1)[0]

@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from detlab.engine.runtime import DeviceError
+
 
 @dataclass(frozen=True)
 class World:
@@ -84,6 +86,10 @@ def setup(device: torch.device) -> World:
     if world.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
+            if world.local_rank >= torch.cuda.device_count():
+                raise DeviceError(f"process LOCAL_RANK={world.local_rank} has no GPU of its own: this machine has "
+                                  f"{torch.cuda.device_count()}; start at most that many processes per machine "
+                                  f"(torchrun --nproc_per_node)")
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
         _joined = True

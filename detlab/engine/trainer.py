@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from detlab.config import Config, ConfigError, config_from_dict, config_to_dict
 from detlab.data import make_loader
+from detlab.data.loader import process_seed
 from detlab.engine.checkpoint import (CheckpointError, load_checkpoint, remove_interrupted_writes, rng_state,
                                      save_checkpoint, set_rng_state)
 from detlab.engine import distributed
@@ -278,7 +279,7 @@ class Trainer:
     def train_one_epoch(self) -> dict:
         t = self.cfg.train
         # augmentations and samplers draw differently on each process (they see other images)
-        torch.manual_seed(t.seed + self.epoch + (self.world.rank << 32))
+        torch.manual_seed(process_seed(t.seed + self.epoch, self.world.rank))
         loader = make_loader(self.data.train, t.batch_size, shuffle=True, num_workers=self.cfg.data.num_workers,
                              seed=t.seed + self.epoch, drop_last=self.drop_last,
                              group_by_aspect=self.inputs.group_by_aspect, rank=self.world.rank,

@@ -11,7 +11,7 @@ import torch
 from det_helpers import TINY, train_tiny
 from torch import nn
 
-from detlab.data.loader import GroupedBatchSampler, ShardBatchSampler, ShardSampler
+from detlab.data.loader import GroupedBatchSampler, ShardBatchSampler, ShardSampler, process_seed
 from detlab.engine import CheckpointError, load_checkpoint, save_checkpoint, train
 from detlab.engine.distributed import SINGLE, World, convert_sync_batchnorm, world_from_env
 from detlab.engine.evaluate import evaluate_checkpoint
@@ -50,6 +50,23 @@ def test_grouped_batches_give_every_process_as_many_steps():
     for rank in range(2):
         sampler = GroupedBatchSampler(ShardSampler(20, seed=1, rank=rank, world_size=2), groups, 4, True)
         assert len(sampler) == 2 and all(len({groups[i] for i in batch}) == 1 for batch in sampler)
+
+
+def test_a_share_smaller_than_a_batch_still_trains_one_grouped_batch_on_every_process():
+    groups = [0, 1] * 6  # 12 images, 2 processes with 6 each, batch 8
+    for rank in range(2):
+        batches = list(GroupedBatchSampler(ShardSampler(12, seed=3, rank=rank, world_size=2), groups, 8, True))
+        assert len(batches) == 1 and len(batches[0]) == 8 and len({groups[i] for i in batches[0]}) == 1
+
+
+def test_each_process_draws_its_own_augmentations_and_process_0_those_of_one_process():
+    assert process_seed(7, 0) == 7
+    draws = []
+    for rank in range(3):
+        torch.manual_seed(process_seed(7, rank))
+        draws.append(torch.rand(4))
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert process_seed(7, 1) == process_seed(7, 1) != process_seed(8, 1)  # seeded: a rerun draws the same
 
 
 @pytest.mark.parametrize("length, batch, world", [(10, 2, 2), (9, 2, 2), (7, 3, 3), (2, 4, 3)])
