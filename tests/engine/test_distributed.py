@@ -1,6 +1,7 @@
 """Data-parallel training and sharded evaluation under torchrun (gloo on the CPU, 2 processes)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -246,3 +247,18 @@ def test_every_trainable_parameter_gets_a_gradient_so_ddp_needs_no_unused_parame
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert len(trainable) > 20
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+@pytest.mark.slow
+def test_faster_rcnn_trains_on_two_processes(tmp_path):
+    """Aspect-ratio grouping, RPN and RoI sampling under DDP: both processes take the same steps, no parameter is
+    left without a gradient (DDP would fail at the second step), process 0 writes the run."""
+    from .test_faster_rcnn_train import TINY_FASTER_RCNN
+
+    out = tmp_path / "frcnn"
+    result = run_tool("train_det.py", 2, "--set", *TINY_FASTER_RCNN, "train.batch_size=2", "train.epochs=2",
+                      "train.threads=1", f"train.out_dir={out}")
+    assert "2 processes x train.batch_size 2 = 4 images per step" in result.stdout
+    state = load_checkpoint(out / "last.pt")
+    assert state["processes"] == 2 and state["epoch"] == 2 and (out / "best.pt").exists()
+    assert all(math.isfinite(record["loss"]) for record in state["history"])
