@@ -201,6 +201,12 @@ def test_a_new_run_in_a_used_folder_starts_both_logs_afresh(tmp_path):
     with SummaryWriter(str(tmp_path / "tensorboard")) as writer:
         for r in old:
             writer.add_scalar("epoch/loss", r["loss"], r["step"])
+    # the earlier run's file a second older, as it would be: TensorBoard reads files in name order, and two
+    # written in the same second by one process order by a writer counter compared as text ("10" < "9")
+    (earlier,) = (tmp_path / "tensorboard").iterdir()
+    parts = earlier.name.split(".")
+    parts[3] = f"{int(parts[3]) - 1:010d}"
+    earlier.rename(earlier.with_name(".".join(parts)))
     printed = []
     logger = RunLogger(tmp_path, 0, printed.append)
     logger.log({"kind": "epoch", "step": 1, "loss": 5.0})
