@@ -175,7 +175,7 @@ class BoxCoder:
         ref_h = reference[:, 3] - reference[:, 1]
         ref_x = reference[:, 0] + 0.5 * ref_w
         ref_y = reference[:, 1] + 0.5 * ref_h
-        deltas = deltas.reshape(deltas.shape[0], -1, 4)
+        deltas = deltas.reshape(deltas.shape[0], deltas.shape[1] // 4, 4)  # not -1: N may be 0 (no proposals)
         dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy
         dw = (deltas[..., 2] / ww).clamp(max=self.scale_clamp)
         dh = (deltas[..., 3] / wh).clamp(max=self.scale_clamp)

@@ -23,9 +23,14 @@ FASTER_RCNN = ["model.name=faster_rcnn", "model.backbone=resnet18", "model.faste
                "model.faster_rcnn.max_size=160", "model.faster_rcnn.fpn_channels=32",
                "model.faster_rcnn.representation_size=64", "model.faster_rcnn.anchor_sizes=[[16],[32],[64],[128],[256]]",
                "model.score_threshold=0.05", "model.max_detections=300"]
+FASTER_RCNN_C4 = ["model.name=faster_rcnn", "model.backbone=resnet18", "model.faster_rcnn.neck=c4",
+                  "model.faster_rcnn.min_size=96", "model.faster_rcnn.max_size=160",
+                  "model.faster_rcnn.anchor_sizes=[[16,32,64,128]]", "model.faster_rcnn.rpn_post_nms_top_n_test=100",
+                  "model.score_threshold=0.05", "model.max_detections=300"]
+MODELS = {"yolov3": YOLO, "faster_rcnn": FASTER_RCNN, "faster_rcnn_c4": FASTER_RCNN_C4}
 #: per family the (height, width) of the test images: Faster R-CNN's graph takes any size (at its size rule: short
 #: side 96, so the eager model does not resize them either); YOLOv3's only its letterbox size
-SIZES = {"yolov3": [(64, 64)], "faster_rcnn": [(96, 128), (128, 96)]}
+SIZES = {"yolov3": [(64, 64)], "faster_rcnn": [(96, 128), (128, 96)], "faster_rcnn_c4": [(96, 128), (128, 96)]}
 
 
 def random_model(overrides: list[str]):
@@ -76,9 +81,9 @@ def images(batch: int, height: int, width: int, seed: int) -> torch.Tensor:
     return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module", params=["yolov3", "faster_rcnn"])
+@pytest.fixture(scope="module", params=list(MODELS))
 def family(request):
-    return request.param, random_model(YOLO if request.param == "yolov3" else FASTER_RCNN)
+    return request.param, random_model(MODELS[request.param])
 
 
 @pytest.mark.slow
@@ -99,11 +104,13 @@ def test_exported_detections_equal_the_eager_models(family, format, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["yolov3", "faster_rcnn"])
+@pytest.mark.parametrize("name", list(MODELS))
 def test_an_image_without_detections_exports_and_runs(name, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    overrides = (YOLO if name == "yolov3" else FASTER_RCNN) + ["model.score_threshold=1.0"]  # nothing scores above
+    overrides = MODELS[name] + ["model.score_threshold=1.0"]  # nothing scores above
+    if name != "yolov3":  # not even a proposal: the RoI heads run on none
+        overrides.append("model.faster_rcnn.rpn_score_threshold=1.0")
     model = random_model(overrides)
     height, width = SIZES[name][0]
     blank = torch.full((2, 3, height, width), 0.5)

@@ -143,7 +143,7 @@ class FasterRCNNGraph(nn.Module):
         rois = self.proposals(rpn_features, batch.shape[-2:], (height, width))
         pooled = self.pool(pooled_features, rois)
         heads = m.roi_heads
-        logits, deltas = heads.box_predictor(heads.box_head(pooled))
+        logits, deltas = heads.box_predictor(self.box_head(pooled))
         boxes = clip_boxes_to_image(heads.box_coder.decode(deltas.float(), rois[:, 1:]), (height, width))
         scores = F.softmax(logits.float(), -1)
         classes = scores.shape[1] - 1  # without the background, column 0
@@ -156,6 +156,16 @@ class FasterRCNNGraph(nn.Module):
         keep = torch.ops.detlab.batched_nms(boxes, scores, image * classes + labels, heads.nms_threshold)
         keep, batch_index = best_per_image(keep, image[keep], images.shape[0], heads.detections_per_image)
         return boxes[keep], scores[keep], labels[keep], batch_index
+
+    def box_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The model's box head on Tensor[R, C, S, S]. The C4 head (res5) runs BatchNorm, which branches on an empty
+        batch: torch.export cannot decide that for R, a count NMS makes, so one zero roi goes along and its row is
+        dropped (R + 1 > 0 is decidable)."""
+        head = self.model.roi_heads.box_head
+        if not isinstance(self.model.roi_heads.pooler, C4Pooler):
+            return head(pooled)
+        padded = torch.cat([pooled, pooled.new_zeros((1, *pooled.shape[1:]))])
+        return head(padded)[:-1]
 
     def padded(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised, then zero-padded at the bottom and right to multiples of 32 (as the eager model batches)."""

@@ -48,6 +48,18 @@ def test_every_variant_trains_and_predicts_labels_0_to_c_minus_1(extra):
         assert boxes[:, 0::2].max() <= width + 1e-4 and boxes[:, 1::2].max() <= height + 1e-4
 
 
+@pytest.mark.parametrize("neck", ["fpn", "c4"])
+def test_an_image_without_a_single_proposal_predicts_nothing(neck):
+    """Every proposal below model.faster_rcnn.rpn_score_threshold (torchvision's MobileNet models use 0.05): the RoI
+    heads get none and the image has no detections (the box decoding once failed on zero rows)."""
+    extra = ["model.faster_rcnn.anchor_sizes=null"] if neck == "c4" else []
+    model = small("model.backbone=resnet18", f"model.faster_rcnn.neck={neck}", *extra,
+                  "model.faster_rcnn.rpn_score_threshold=1.0").eval()
+    with torch.no_grad():
+        (detection,) = model([torch.rand(3, 90, 120)])
+    assert detection["boxes"].shape == (0, 4) and detection["scores"].shape == detection["labels"].shape == (0,)
+
+
 def test_c4_uses_res5_of_the_backbone_as_its_box_head_without_a_second_copy():
     model = small("model.faster_rcnn.neck=c4", "model.faster_rcnn.anchor_sizes=null")
     keys = list(model.state_dict())
