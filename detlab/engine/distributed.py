@@ -18,9 +18,9 @@ The rules a run follows on N processes (the trainer applies them):
   step k of one process with batch N x b (:class:`~detlab.data.loader.ShardSampler`); aspect-ratio grouping
   then batches each process's share;
 - evaluation deals whole batches of the validation set out round-robin
-  (:class:`~detlab.data.loader.ShardBatchSampler`), without
-  padding, and gathers the predictions in dataset order on every process: each image is predicted in the same
-  batch as on one process, so the metric is the same;
+  (:class:`~detlab.data.loader.ShardBatchSampler`), without padding, and gathers the predictions in dataset order
+  on process 0, which scores them for all: each image is predicted in the same batch as on one process, so the
+  metric is the same;
 - process 0 alone prints, logs and writes checkpoints; the EMA is broadcast from it at the end of every epoch, so
   every process evaluates and continues with the same average (its BatchNorm statistics otherwise drift apart:
   each process normalises its own images).
@@ -157,11 +157,13 @@ def mean_over_processes(values: torch.Tensor, world: World) -> torch.Tensor:
 
 
 def gather_in_order(items: list, world: World) -> list:
-    """``items`` of every process on every process, as one list ordered by the position each came from: process
-    ``r``'s list holds what :class:`~detlab.data.loader.ShardBatchSampler` gave it, so ``items`` are its ``(position, value)`` pairs;
-    returns the values sorted by position."""
+    """The ``(position, value)`` pairs of every process, on process 0, as the values sorted by position (process
+    ``r``'s ``items`` are what :class:`~detlab.data.loader.ShardBatchSampler` gave it); an empty list on the other
+    processes, which do not score (only process 0 needs them, so they travel once)."""
     if not world.distributed:
         return [value for _, value in sorted(items, key=lambda pair: pair[0])]
-    gathered = [None] * world.size
-    dist.all_gather_object(gathered, items)
+    gathered = [None] * world.size if world.is_main else None
+    dist.gather_object(items, gathered, dst=0)
+    if not world.is_main:
+        return []
     return [value for _, value in sorted((pair for part in gathered for pair in part), key=lambda pair: pair[0])]

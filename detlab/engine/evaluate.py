@@ -54,9 +54,9 @@ def predict_dataset(model, dataset, batch_size: int = 8, num_workers: int = 0, d
                     progress: bool = True, world: distributed.World = distributed.SINGLE
                     ) -> tuple[list[dict], list[dict]]:
     """Run ``model`` (put in eval mode) over ``dataset``; returns (predictions, targets) on the CPU, per image in
-    dataset order. Under torch.distributed (``world``) each process predicts every N-th batch and all get every
-    image's (:class:`~detlab.data.loader.ShardBatchSampler`): the same batches, so the same predictions, as one
-    process."""
+    dataset order. Under torch.distributed (``world``) each process predicts every N-th batch
+    (:class:`~detlab.data.loader.ShardBatchSampler`: the same batches, so the same predictions, as one process)
+    and process 0 gets every image's; the others get empty lists."""
     model.eval()
     batches = []  # (batch number in the dataset, (predictions, targets))
     loader = make_loader(dataset, batch_size, num_workers=num_workers, pin_memory=False, rank=world.rank,
