@@ -222,3 +222,17 @@ def test_export_tool_refuses_a_file_that_is_not_a_checkpoint_in_one_line(tmp_pat
     with pytest.raises(SystemExit) as exit_info:  # argparse's own one-line error
         export_tool()(["--checkpoint", str(bad), "--format", "tflite"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_bench_export_times_every_runtime_and_checks_their_detections(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "bench_export.py"), "--family", "yolov3", "--size",
+                             "64", "64", "--repeats", "1", "--warmup", "0", "--json", str(out)],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (figures,) = json.loads(out.read_text())["results"]
+    assert figures["model"] == "yolov3" and figures["size"] == [64, 64] and figures["same_detections"] is True
+    assert all(figures[key] > 0 for key in ("eager_ms", "torchscript_ms", "onnxruntime_ms"))

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from bench_ops import machine, time_ms  # tools/ is the script's folder: its sibling benches import
 
 from detlab.cli import tool
 from detlab.config import load_config
@@ -45,18 +43,6 @@ class Result:
     torchscript_ms: float
     onnxruntime_ms: float
     same_detections: bool
-
-
-def time_ms(fn, repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn()`` in ms after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
 
 
 def same_detections(expected: list[dict], outputs) -> bool:
@@ -86,7 +72,7 @@ def bench(model, name: str, batch: int, size: tuple[int, int], repeats: int, war
         runs = {"eager": lambda: model(list(images)), "torchscript": lambda: scripted(images),
                 "onnxruntime": lambda: session.run(None, feed)}
         same = same_detections(expected, scripted(images)) and same_detections(expected, session.run(None, feed))
-        times = {key: time_ms(fn, repeats, warmup) for key, fn in runs.items()}
+        times = {key: time_ms(fn, "cpu", repeats, warmup) for key, fn in runs.items()}
     return Result(name, batch, size, times["eager"], times["torchscript"], times["onnxruntime"], same)
 
 
@@ -138,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         import onnxruntime  # noqa: F401
     except ImportError as e:
         raise ExportError(f"bench_export needs onnxruntime ({e}): {ONNX_PACKAGES}") from e
-    info = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    info = {**machine(), "onnxruntime": onnxruntime.__version__}
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     results = []
     with tempfile.TemporaryDirectory() as folder:
