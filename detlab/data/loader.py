@@ -49,15 +49,18 @@ def image_sizes_of(dataset: Dataset) -> list[tuple[int, int]]:
 
 
 class GroupedBatchSampler(Sampler[list[int]]):
-    """Batches of ``batch_size`` indices from ``sampler`` where all indices share a group id.
+    """Batches of ``batch_size`` indices from ``sampler`` where all indices share a group id, but for the leftovers.
 
-    Indices are taken in the sampler's order and each joins its group's pending batch, yielded when full; at the
-    end the partial batches are yielded too unless ``drop_last``. With ``drop_last`` an epoch still has
-    ``len(sampler) // batch_size`` batches: the largest partial batches are completed with repeats of their own
-    images (torchvision's reference sampler does the same), so a group smaller than a batch (say 7 portrait images
-    with batch 8) is trained on rather than dropped every epoch. ``sampler`` must visit every index once per epoch
-    (Random/Sequential/ShardSampler), which makes ``len`` known in advance; with ``drop_last`` it is
-    ``len(sampler) // batch_size`` (at least 1), the same on every process of a distributed run.
+    Indices are taken in the sampler's order and each joins its group's pending batch, yielded when full. At the end
+    the partial batches are yielded as they are unless ``drop_last``. With ``drop_last`` an epoch has
+    ``len(sampler) // batch_size`` batches (at least 1), the same on every process of a distributed run: the
+    leftovers of all groups fill the batches still missing, like with like as far as it goes, so at most one batch
+    per epoch mixes groups (two groups leave fewer than two batches of leftovers). What does not fit is the
+    ``len(sampler) % batch_size`` leftovers the sampler gave last: a random choice each epoch. (Completing the
+    largest partial batch with repeats of its own images, as torchvision's reference sampler does, starves a
+    small group for ever: one portrait image among 15 landscape ones with batch 8 was never trained on.) A share
+    smaller than a batch is completed with repeats of its images. ``sampler`` must visit every index once per
+    epoch (Random/Sequential/ShardSampler), which makes ``len`` known in advance.
     """
 
     def __init__(self, sampler: Sampler, group_ids: Sequence[int], batch_size: int, drop_last: bool = False):
@@ -66,23 +69,30 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         pending: dict[int, list[int]] = {}
+        arrival: dict[int, int] = {}  # index -> its position in the sampler's order
         yielded = 0
-        for index in self.sampler:
+        for position, index in enumerate(self.sampler):
+            arrival[index] = position
             group = pending.setdefault(self.group_ids[index], [])
             group.append(index)
             if len(group) == self.batch_size:
                 yield group[:]
                 yielded += 1
                 group.clear()
-        partial = sorted((group for group in pending.values() if group), key=len, reverse=True)
         if not self.drop_last:
-            yield from partial
+            yield from sorted((group for group in pending.values() if group), key=len, reverse=True)
             return
-        for group in partial[: len(self) - yielded]:
-            yield (group * self.batch_size)[: self.batch_size]
+        leftovers = sorted((index for group in pending.values() for index in group), key=arrival.__getitem__)
+        slots = (len(self) - yielded) * self.batch_size
+        if not leftovers or not slots:
+            return
+        kept = (leftovers * math.ceil(slots / len(leftovers)))[:slots]  # repeats only for a share below one batch
+        kept.sort(key=lambda index: self.group_ids[index])  # stable: each group's leftovers together
+        for start in range(0, slots, self.batch_size):
+            yield kept[start : start + self.batch_size]
 
     def __len__(self) -> int:
-        if self.drop_last:  # at least one batch: a share smaller than a batch is completed with its own repeats
+        if self.drop_last:  # at least one batch: a share smaller than a batch is completed with repeats
             return max(len(self.sampler) // self.batch_size, 1)
         if len(self.sampler) != len(self.group_ids):
             raise ValueError("the batches of a share of the images (ShardSampler of several processes) are counted "

@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, RandomSampler, SequentialSampler, Subset
 
 from detlab.data import GroupedBatchSampler, SyntheticShapes, aspect_ratio_groups, batch_images, collate, make_loader
+from detlab.data.loader import ShardSampler
 
 
 class _Sizes(Dataset):
@@ -48,13 +49,46 @@ def test_grouped_batch_sampler_batches_like_aspect_together():
     assert list(dropping) == [[0, 2], [1, 3], [4, 5]] and len(dropping) == 3
 
 
-def test_drop_last_completes_a_group_smaller_than_a_batch_instead_of_dropping_it():
+def test_drop_last_trains_a_group_smaller_than_a_batch_with_the_other_leftovers():
     groups = [0] * 9 + [1] * 7  # 9 landscape, 7 portrait images, batch 8
     sampler = GroupedBatchSampler(SequentialSampler(range(16)), groups, 8, drop_last=True)
     batches = list(sampler)
-    assert len(batches) == len(sampler) == 2 and all(len(b) == 8 for b in batches)
-    assert batches[0] == list(range(8))
-    assert batches[1] == [9, 10, 11, 12, 13, 14, 15, 9]  # every portrait image, the first repeated
+    assert len(batches) == len(sampler) == 2
+    assert batches == [list(range(8)), [8, 9, 10, 11, 12, 13, 14, 15]]  # the leftovers: landscape 8, every portrait
+
+
+def test_drop_last_never_starves_a_lone_portrait_image():
+    """COCO-MINI's 16 memorisation images hold one portrait image; completing the largest partial batch with its own
+    repeats (torchvision's rule) gave the 7 landscape leftovers the last batch every epoch, and the portrait image
+    was never trained on."""
+    groups = [0] * 5 + [1] + [0] * 10
+    for seed in range(20):
+        batches = list(GroupedBatchSampler(ShardSampler(16, seed=seed), groups, 8, drop_last=True))
+        assert len(batches) == 2 and sorted(i for b in batches for i in b) == list(range(16))  # each image once
+        assert sum(len({groups[i] for i in b}) > 1 for b in batches) == 1  # the one mixed batch: the leftovers
+
+
+def test_drop_last_drops_the_leftovers_the_sampler_gave_last():
+    groups = [0] * 11 + [1] * 6  # 17 images, batch 4: 4 batches, one image left out each epoch
+    left_out = []
+    for seed in range(40):
+        sampler = ShardSampler(17, seed=seed)
+        order = list(iter(ShardSampler(17, seed=seed)))
+        batches = list(GroupedBatchSampler(sampler, groups, 4, drop_last=True))
+        used = [i for b in batches for i in b]
+        assert len(batches) == 4 and all(len(b) == 4 for b in batches) and len(set(used)) == 16
+        assert sum(len({groups[i] for i in b}) > 1 for b in batches) <= 1
+        (missing,) = set(range(17)) - set(used)
+        full = [i for b in batches if len({groups[i] for i in b}) == 1 for i in b]
+        assert missing == max(set(range(17)) - set(full), key=order.index)  # the last leftover to arrive
+        left_out.append(missing)
+    assert any(groups[i] == 1 for i in left_out) and len(set(left_out)) > 8  # not always the same group or image
+
+
+def test_drop_last_completes_a_share_smaller_than_a_batch_with_repeats_of_all_of_it():
+    groups = [0, 0, 1, 0, 0]  # 5 images, one portrait, batch 8
+    (batch,) = list(GroupedBatchSampler(SequentialSampler(range(5)), groups, 8, drop_last=True))
+    assert len(batch) == 8 and set(batch) == {0, 1, 2, 3, 4}
 
 
 def test_aspect_groups_reach_through_subset_and_concat():
