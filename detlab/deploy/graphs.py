@@ -1,17 +1,11 @@
 """Each family's eval forward as one traceable module with a fixed tensor contract (what :mod:`detlab.deploy`
 exports to TorchScript and ONNX).
 
-The eager models loop over images in Python and return a list of dicts; an exported graph cannot. Here the whole
-batch goes through each step at once, with the same building blocks as the eager model (backbone, neck, heads,
-box decoding, the native ops), and per-image steps become batched ones:
-
-- NMS per image and class = one ``batched_nms`` whose categories are ``image * classes + class`` (categories never
-  suppress each other, so each image's kept set is the eager one);
-- "the best ``limit`` of each image" (``pre_nms_top_k``, ``post_nms_top_n``, ``max_detections``) =
-  :func:`best_per_image` over candidates sorted best first.
-
-Sizes are never turned into Python numbers: under ``torch.jit.trace`` a size is a traced 0-dim tensor, under
-``torch.export`` a symbolic int, so the graphs keep dynamic batch sizes (and image sizes for Faster R-CNN).
+The eager models return a list of dicts, one per image; an exported graph cannot. Here the whole batch goes
+through the same building blocks as the eager model (backbone, neck, heads, box decoding, the native ops) and the
+same batched selection steps (each head's ``select_*``, on :mod:`detlab.heads.selection`), which the eager models
+split per image at the end. The graphs call the bare ``torch.ops.detlab.*`` ops (which TorchScript keeps and
+:mod:`detlab.deploy.onnx_ops` translates) and keep sizes symbolic.
 
 Output contract of every graph (flat over the batch, grouped by image in batch order, best score first within an
 image): ``boxes`` (Tensor[N, 4] float32 xyxy in the pixels of the input tensor, clipped to it), ``scores``
@@ -25,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detlab.boxes import clip_boxes_to_image, remove_small_boxes
-from detlab.heads.roi import MIN_DETECTION_SIZE, C4Pooler, FPNPooler
-from detlab.heads.rpn import MIN_PROPOSAL_SIZE, flatten_levels
-from detlab.heads.yolo import decode_predictions
+from detlab.boxes import clip_boxes_to_image
+from detlab.heads.roi import C4Pooler, FPNPooler
+from detlab.heads.rpn import flatten_levels
+from detlab.heads.yolo import decode_predictions, select_detections
 from detlab.models.faster_rcnn import SIZE_DIVISIBLE, FasterRCNN
 from detlab.models.yolov3 import YOLOv3
 from detlab.ops.roi_align import fpn_levels, infer_scale
@@ -37,36 +31,11 @@ from detlab.ops.roi_align import fpn_levels, infer_scale
 OUTPUTS = ("boxes", "scores", "labels", "batch_index")
 
 
-def at_most(size, limit: int):
-    """``min(size, limit)`` for a size that may be a traced 0-dim tensor (TorchScript), a symbolic int
-    (``torch.export``) or an int, without freezing it into a constant."""
-    if isinstance(size, torch.Tensor):
-        return size.clamp(max=limit)
-    return torch.sym_min(size, limit)
-
-
-def best_per_image(order: torch.Tensor, images: torch.Tensor, batch_size, limit: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``limit`` entries of each image.
-
-    Args:
-        order (Tensor[K]): anything per candidate (e.g. its index), candidates best first.
-        images (Tensor[K] int64): the image of each candidate, in 0..batch_size-1.
-
-    Returns:
-        ``order`` at the kept candidates (Tensor[K']) and their images (Tensor[K']), grouped by image in batch order,
-        each image's in the given order.
-    """
-    image_ids = torch.arange(batch_size, device=images.device)
-    per_image = (images[:, None] == image_ids[None]).to(torch.int64)  # [K, batch_size]
-    rank = per_image.cumsum(0).gather(1, images[:, None]).squeeze(1) - 1  # earlier candidates of the same image
-    kept = rank < limit
-    # a table of `limit` slots per image, filled in rank order; reading it row by row groups the images
-    slots = torch.full_like(image_ids, -1).repeat(limit)  # Tensor[batch_size * limit]
-    candidate = torch.arange(order.shape[0], device=order.device)
-    slots = slots.scatter(0, images[kept] * limit + rank[kept], candidate[kept])
-    filled = (slots >= 0).nonzero().squeeze(1)
-    return order[slots[filled]], filled // limit
+def native_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, categories: torch.Tensor, iou_threshold: float
+                       ) -> torch.Tensor:
+    """The native ``batched_nms`` without :func:`detlab.ops.batched_nms`'s Python checks of its inputs, which would
+    turn the graph's symbolic sizes into constants (the inputs come from the model, not from a user)."""
+    return torch.ops.detlab.batched_nms(boxes, scores, categories, iou_threshold)
 
 
 class YOLOv3Graph(nn.Module):
@@ -92,17 +61,9 @@ class YOLOv3Graph(nn.Module):
         m = self.model
         outputs = m.head(m.neck(m.backbone((images - m.mean) / m.std)))
         boxes, scores = decode_predictions(outputs, m.head, m.multi_label)  # [B, N, 4], [B, N, C]
-        classes = scores.shape[2]
-        # each image's best pre_nms_top_k (box, class) pairs, of which those above the threshold are candidates
-        top_scores, top = scores.flatten(1).topk(at_most(scores.shape[1] * classes, m.pre_nms_top_k), dim=1)
-        image, column = (top_scores > m.score_threshold).nonzero(as_tuple=True)
-        pair = top[image, column]
-        box, labels = pair // classes, pair % classes
-        boxes, scores = boxes[image, box], top_scores[image, column]
-        keep = torch.ops.detlab.batched_nms(boxes, scores, image * classes + labels, m.nms_threshold)
-        keep, batch_index = best_per_image(keep, image[keep], images.shape[0], m.max_detections)
-        boxes = clip_boxes_to_image(boxes[keep], images.shape[-2:])
-        return boxes, scores[keep], labels[keep], batch_index
+        boxes, scores, labels, batch_index = select_detections(boxes, scores, m.score_threshold, m.nms_threshold,
+                                                               m.max_detections, m.pre_nms_top_k, native_batched_nms)
+        return clip_boxes_to_image(boxes, images.shape[-2:]), scores, labels, batch_index
 
 
 class FasterRCNNGraph(nn.Module):
@@ -140,22 +101,13 @@ class FasterRCNNGraph(nn.Module):
         height, width = images.shape[-2:]
         batch = self.padded(images)
         rpn_features, pooled_features = m.features(batch)
-        rois = self.proposals(rpn_features, batch.shape[-2:], (height, width))
-        pooled = self.pool(pooled_features, rois)
+        proposals, image = self.proposals(rpn_features, batch.shape[-2:], (height, width))
+        pooled = self.pool(pooled_features, torch.cat([image[:, None].to(proposals.dtype), proposals], 1))
         heads = m.roi_heads
         logits, deltas = heads.box_predictor(self.box_head(pooled))
-        boxes = clip_boxes_to_image(heads.box_coder.decode(deltas.float(), rois[:, 1:]), (height, width))
-        scores = F.softmax(logits.float(), -1)
-        classes = scores.shape[1] - 1  # without the background, column 0
-        boxes, scores = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)
-        labels = torch.arange(scores.shape[0], device=scores.device) % classes
-        image = rois[:, 0].to(torch.int64)[:, None].expand(-1, classes).reshape(-1)
-        candidates = remove_small_boxes(boxes, MIN_DETECTION_SIZE)
-        candidates = candidates[scores[candidates] > heads.score_threshold]
-        boxes, scores, labels, image = boxes[candidates], scores[candidates], labels[candidates], image[candidates]
-        keep = torch.ops.detlab.batched_nms(boxes, scores, image * classes + labels, heads.nms_threshold)
-        keep, batch_index = best_per_image(keep, image[keep], images.shape[0], heads.detections_per_image)
-        return boxes[keep], scores[keep], labels[keep], batch_index
+        boxes, scores, labels, batch_index = heads.select_detections(
+            logits.float(), deltas.float(), proposals, image, (height, width), images.shape[0], native_batched_nms)
+        return boxes, scores, labels - 1, batch_index  # the heads' labels are 1..C (0 is the background)
 
     def box_head(self, pooled: torch.Tensor) -> torch.Tensor:
         """The model's box head on Tensor[R, C, S, S]. The C4 head (res5) runs BatchNorm, which branches on an empty
@@ -173,34 +125,15 @@ class FasterRCNNGraph(nn.Module):
         normalised = (images - self.model.mean) / self.model.std
         return F.pad(normalised, (0, (-width) % SIZE_DIVISIBLE, 0, (-height) % SIZE_DIVISIBLE))
 
-    def proposals(self, features, batch_shape, image_size) -> torch.Tensor:
-        """The RPN's proposals as rois (Tensor[R, 5]: batch index, x1, y1, x2, y2), grouped by image."""
+    def proposals(self, features, batch_shape, image_size) -> tuple[torch.Tensor, torch.Tensor]:
+        """The RPN's proposals (Tensor[R, 4]) and their images (Tensor[R] int64), grouped by image."""
         rpn = self.model.rpn
         objectness, deltas = rpn.head(features)
         anchors = rpn.anchor_generator.grid_anchors(batch_shape, [f.shape[-2:] for f in features], torch.float32,
                                                     features[0].device)
-        scores = [flatten_levels([o], 1).flatten(1).float() for o in objectness]  # per level [B, n_l]
-        top, levels, offset = [], [], 0
-        for level, level_scores in enumerate(scores):
-            top.append(level_scores.topk(at_most(level_scores.shape[1], rpn.pre_nms_top_n["testing"]), dim=1).indices
-                       + offset)
-            levels.append(torch.full_like(top[-1], level))
-            offset = offset + level_scores.shape[1]
-        top, levels = torch.cat(top, 1), torch.cat(levels, 1)  # [B, K]
-        rows = torch.arange(top.shape[0], device=top.device)[:, None]
-        scores = torch.sigmoid(torch.cat(scores, 1)[rows, top]).flatten()
-        boxes = rpn.box_coder.decode(flatten_levels(deltas, 4).float()[rows, top].reshape(-1, 4),
-                                     anchors[top].reshape(-1, 4)).view(-1, 4)
-        boxes = clip_boxes_to_image(boxes, image_size)
-        image = (rows.expand_as(top)).flatten()
-        candidates = remove_small_boxes(boxes, MIN_PROPOSAL_SIZE)
-        if rpn.score_threshold > 0:
-            candidates = candidates[scores[candidates] >= rpn.score_threshold]
-        boxes, scores, image = boxes[candidates], scores[candidates], image[candidates]
-        keep = torch.ops.detlab.batched_nms(boxes, scores, image * len(features) + levels.flatten()[candidates],
-                                            rpn.nms_threshold)
-        keep, batch_index = best_per_image(keep, image[keep], top.shape[0], rpn.post_nms_top_n["testing"])
-        return torch.cat([batch_index[:, None].to(boxes.dtype), boxes[keep]], 1)
+        objectness = [flatten_levels([o], 1).flatten(1).float() for o in objectness]
+        return rpn.select_proposals(objectness, flatten_levels(deltas, 4).float(), anchors, image_size,
+                                    native_batched_nms)
 
     def pool(self, features, rois: torch.Tensor) -> torch.Tensor:
         """Each roi's pooled features, Tensor[R, C, S, S], as the model's pooler computes them."""

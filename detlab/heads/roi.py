@@ -17,6 +17,7 @@ from torch import nn
 from detlab.boxes import BoxCoder, aligned_iou, clip_boxes_to_image, remove_small_boxes
 from detlab.heads.matching import (BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher,
                                    ignore_negatives_in_regions)
+from detlab.heads.selection import best_per_image
 from detlab.ops import batched_nms, multiscale_roi_align, roi_align
 
 #: A detection narrower or lower than this (input pixels) is dropped before NMS.
@@ -186,22 +187,44 @@ class RoIHeads(nn.Module):
         return {"loss_classifier": classifier_loss, "loss_box_reg": box_loss}
 
     def postprocess(self, logits, deltas, proposals, image_sizes) -> list[dict]:
-        """Per image: every (proposal, class) pair scoring above the threshold, decoded and clipped, small boxes
-        dropped, per-class NMS, the best ``detections_per_image``."""
-        num_classes = logits.shape[-1]
-        boxes = self.box_coder.decode(deltas, torch.cat(proposals))
-        scores = F.softmax(logits, -1)
+        """Per image ``{"boxes", "scores", "labels"}``: :meth:`select_detections` of each image alone
+        (:mod:`detlab.heads.selection`)."""
         counts = [len(p) for p in proposals]
         detections = []
-        for image_boxes, image_scores, size in zip(boxes.split(counts), scores.split(counts), image_sizes):
-            image_boxes = clip_boxes_to_image(image_boxes, size)
-            labels = torch.arange(num_classes, device=logits.device).view(1, -1).expand_as(image_scores)
-            image_boxes = image_boxes[:, 1:].reshape(-1, 4)
-            image_scores, labels = image_scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-            keep = torch.where(image_scores > self.score_threshold)[0]
-            image_boxes, image_scores, labels = image_boxes[keep], image_scores[keep], labels[keep]
-            keep = remove_small_boxes(image_boxes, MIN_DETECTION_SIZE)
-            image_boxes, image_scores, labels = image_boxes[keep], image_scores[keep], labels[keep]
-            keep = batched_nms(image_boxes, image_scores, labels, self.nms_threshold)[:self.detections_per_image]
-            detections.append({"boxes": image_boxes[keep], "scores": image_scores[keep], "labels": labels[keep]})
+        for image_logits, image_deltas, image_proposals, size in zip(logits.split(counts), deltas.split(counts),
+                                                                     proposals, image_sizes):
+            image = torch.zeros(len(image_proposals), dtype=torch.int64, device=logits.device)
+            boxes, scores, labels, _ = self.select_detections(image_logits, image_deltas, image_proposals, image,
+                                                              size, 1)
+            detections.append({"boxes": boxes, "scores": scores, "labels": labels})
         return detections
+
+    def select_detections(self, logits: torch.Tensor, deltas: torch.Tensor, proposals: torch.Tensor,
+                          image: torch.Tensor, image_size, batch_size, nms=batched_nms
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every (proposal, class) pair scoring above the threshold, decoded and clipped, small boxes dropped,
+        per-class NMS per image, the best ``detections_per_image`` of each image; all images at once
+        (:mod:`detlab.heads.selection`, shared with the exported graph, which passes the bare
+        ``torch.ops.detlab.batched_nms`` as ``nms``).
+
+        Args:
+            logits (Tensor[R, C + 1]), deltas (Tensor[R, 4 * (C + 1)]): the predictor's outputs (float32) for
+                ``proposals`` (Tensor[R, 4]) of the images ``image`` (Tensor[R] int64).
+            image_size: the images' (height, width).
+
+        Returns:
+            boxes (Tensor[K, 4]), scores (Tensor[K]), labels (Tensor[K] int64, 1..C) and batch_index (Tensor[K]
+            int64), grouped by image in batch order, best first within an image.
+        """
+        boxes = clip_boxes_to_image(self.box_coder.decode(deltas, proposals), image_size)  # [R, C + 1, 4]
+        scores = F.softmax(logits, -1)
+        classes = scores.shape[1]  # with the background, column 0, which is never a detection
+        boxes, scores = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)
+        labels = torch.arange(scores.shape[0], device=scores.device) % (classes - 1) + 1
+        image = image[:, None].expand(-1, classes - 1).reshape(-1)
+        candidates = remove_small_boxes(boxes, MIN_DETECTION_SIZE)
+        candidates = candidates[scores[candidates] > self.score_threshold]
+        boxes, scores, labels, image = boxes[candidates], scores[candidates], labels[candidates], image[candidates]
+        keep = nms(boxes, scores, image * classes + labels, self.nms_threshold)
+        keep, batch_index = best_per_image(keep, image[keep], batch_size, self.detections_per_image)
+        return boxes[keep], scores[keep], labels[keep], batch_index

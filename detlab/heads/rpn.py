@@ -14,6 +14,7 @@ from detlab.boxes import BoxCoder, aligned_iou, clip_boxes_to_image, remove_smal
 from detlab.heads.anchors import AnchorGenerator
 from detlab.heads.matching import (BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher,
                                    ignore_negatives_in_regions)
+from detlab.heads.selection import at_most, best_per_image
 from detlab.ops import batched_nms
 
 #: A proposal narrower or lower than this (input pixels) is dropped before NMS.
@@ -100,47 +101,53 @@ class RegionProposalNetwork(nn.Module):
         objectness, deltas = self.head(features)
         anchors = self.anchor_generator(batch_shape, [f.shape[-2:] for f in features], torch.float32,
                                         features[0].device)
-        per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in objectness]
         # box maths and losses in float32 also under autocast: half precision cannot hold 1333-pixel coordinates
-        objectness = flatten_levels(objectness, 1).flatten(1).float()  # [B, A]
+        objectness = [flatten_levels([o], 1).flatten(1).float() for o in objectness]  # per level [B, A_l]
         deltas = flatten_levels(deltas, 4).float()  # [B, A, 4]
-        proposals = self.select_proposals(deltas.detach(), anchors, objectness.detach(), image_sizes, per_level)
+        proposals = [self.select_proposals([o[i : i + 1].detach() for o in objectness], deltas[i : i + 1].detach(),
+                                           anchors, size)[0]
+                     for i, size in enumerate(image_sizes)]  # each image alone (detlab.heads.selection)
         if not self.training:
             return proposals, {}
         if targets is None:
             raise ValueError("the RPN needs targets in train mode")
-        return proposals, self.loss(objectness, deltas, anchors, targets)
+        return proposals, self.loss(torch.cat(objectness, 1), deltas, anchors, targets)
 
-    def select_proposals(self, deltas: torch.Tensor, anchors: torch.Tensor, objectness: torch.Tensor, image_sizes,
-                         per_level: list[int]) -> list[torch.Tensor]:
-        """Per level the ``pre_nms_top_n`` best anchors, decoded, clipped, small boxes and low scores dropped, NMS
-        per level, then the ``post_nms_top_n`` best of each image. deltas: Tensor[B, A, 4], anchors: Tensor[A, 4],
-        objectness: Tensor[B, A] logits."""
+    def select_proposals(self, objectness: list[torch.Tensor], deltas: torch.Tensor, anchors: torch.Tensor,
+                         image_size, nms=batched_nms) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per level and image the ``pre_nms_top_n`` best anchors, decoded, clipped, small boxes and low scores
+        dropped, NMS per level and image, then the ``post_nms_top_n`` best of each image; all images at once
+        (:mod:`detlab.heads.selection`, shared with the exported graph, which passes the bare
+        ``torch.ops.detlab.batched_nms`` as ``nms``).
+
+        Args:
+            objectness: per level Tensor[B, A_l] logits; deltas: Tensor[B, A, 4] (levels in order, A = sum A_l);
+            anchors: Tensor[A, 4]; image_size: the images' (height, width).
+
+        Returns:
+            proposals (Tensor[R, 4] xyxy input pixels) and their images (Tensor[R] int64), grouped by image in
+            batch order, best first within an image.
+        """
         mode = "training" if self.training else "testing"
-        pre_nms, post_nms = self.pre_nms_top_n[mode], self.post_nms_top_n[mode]
-        device = objectness.device
-        levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=device) for i, n in enumerate(per_level)])
-        top, offset = [], 0
-        for scores in objectness.split(per_level, dim=1):
-            top.append(scores.topk(min(pre_nms, scores.shape[1]), dim=1).indices + offset)
-            offset += scores.shape[1]
-        top = torch.cat(top, dim=1)
-        rows = torch.arange(objectness.shape[0], device=device)[:, None]
-        scores, levels = torch.sigmoid(objectness[rows, top]), levels[top]
+        top, levels, offset = [], [], 0
+        for level, scores in enumerate(objectness):
+            top.append(scores.topk(at_most(scores.shape[1], self.pre_nms_top_n[mode]), dim=1).indices + offset)
+            levels.append(torch.full_like(top[-1], level))
+            offset = offset + scores.shape[1]
+        top, levels = torch.cat(top, 1), torch.cat(levels, 1)  # [B, K]
+        rows = torch.arange(top.shape[0], device=top.device)[:, None]
+        scores = torch.sigmoid(torch.cat(objectness, 1)[rows, top]).flatten()
         # decoding is per box: only the anchors that can become proposals need it (torchvision decodes them all)
-        proposals = self.box_coder.decode(deltas[rows, top].reshape(-1, 4), anchors[top].reshape(-1, 4))
-        proposals = proposals.view(*top.shape, 4)
-        kept = []
-        for boxes, box_scores, box_levels, size in zip(proposals, scores, levels, image_sizes):
-            boxes = clip_boxes_to_image(boxes, size)
-            keep = remove_small_boxes(boxes, MIN_PROPOSAL_SIZE)
-            boxes, box_scores, box_levels = boxes[keep], box_scores[keep], box_levels[keep]
-            if self.score_threshold > 0:
-                keep = torch.where(box_scores >= self.score_threshold)[0]
-                boxes, box_scores, box_levels = boxes[keep], box_scores[keep], box_levels[keep]
-            keep = batched_nms(boxes, box_scores, box_levels, self.nms_threshold)[:post_nms]
-            kept.append(boxes[keep])
-        return kept
+        boxes = self.box_coder.decode(deltas[rows, top].reshape(-1, 4), anchors[top].reshape(-1, 4)).view(-1, 4)
+        image = rows.expand_as(top).flatten()
+        boxes = clip_boxes_to_image(boxes, image_size)
+        candidates = remove_small_boxes(boxes, MIN_PROPOSAL_SIZE)
+        if self.score_threshold > 0:
+            candidates = candidates[scores[candidates] >= self.score_threshold]
+        boxes, scores, image = boxes[candidates], scores[candidates], image[candidates]
+        keep = nms(boxes, scores, image * len(objectness) + levels.flatten()[candidates], self.nms_threshold)
+        keep, batch_index = best_per_image(keep, image[keep], top.shape[0], self.post_nms_top_n[mode])
+        return boxes[keep], batch_index
 
     def assign(self, anchors: torch.Tensor, targets: list[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per image: anchor labels Tensor[A] float (1 positive, 0 negative, -1 ignored) and the ground-truth box

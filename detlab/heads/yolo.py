@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detlab.boxes import aligned_iou, mostly_inside, wh_iou
+from detlab.heads.selection import at_most, best_per_image
 from detlab.layers import ConvBNAct
 
 #: The box losses :class:`YOLOLoss` knows (``model.yolov3.box_loss``).
@@ -304,30 +305,51 @@ def decode_predictions(outputs: list[torch.Tensor], head: YOLOHead, multi_label:
     return boxes, scores
 
 
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float, nms_threshold: float,
+                      max_detections: int, pre_nms_top_k: int = PRE_NMS_TOP_K, nms=None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The detections of a batch, all images at once (:mod:`detlab.heads.selection`).
+
+    Each image's best ``pre_nms_top_k`` (box, class) pairs, of which those scoring above ``score_threshold`` go
+    through per-class NMS (``nms``: :func:`detlab.ops.batched_nms` unless given, the exported graphs pass the bare
+    ``torch.ops.detlab.batched_nms``), and the best ``max_detections`` of each image remain.
+
+    Args:
+        boxes (Tensor[B, N, 4]), scores (Tensor[B, N, C]): as :func:`decode_predictions` gives them.
+
+    Returns:
+        boxes (Tensor[K, 4]), scores (Tensor[K]), labels (Tensor[K] int64, 0..C-1) and batch_index (Tensor[K]
+        int64), grouped by image in batch order, best first within an image.
+    """
+    if nms is None:
+        from detlab.ops import batched_nms as nms  # imported here: building the native ops is only needed to predict
+    classes = scores.shape[2]
+    top_scores, top = scores.flatten(1).topk(at_most(scores.shape[1] * classes, pre_nms_top_k), dim=1)
+    image, column = (top_scores > score_threshold).nonzero(as_tuple=True)
+    pair = top[image, column]
+    box, labels = pair // classes, pair % classes
+    kept_boxes, kept_scores = boxes[image, box], top_scores[image, column]
+    keep = nms(kept_boxes, kept_scores, image * classes + labels, nms_threshold)
+    keep, batch_index = best_per_image(keep, image[keep], boxes.shape[0], max_detections)
+    return kept_boxes[keep], kept_scores[keep], labels[keep], batch_index
+
+
 def postprocess(outputs: list[torch.Tensor], head: YOLOHead, score_threshold: float, nms_threshold: float,
                 max_detections: int, multi_label: bool = True, pre_nms_top_k: int = PRE_NMS_TOP_K) -> list[dict]:
     """Detections per image in input pixels, from the raw ``outputs`` of ``head`` (decoded as it says).
 
     Each (box, class) pair scores ``sigmoid(objectness) * sigmoid(class)``. ``multi_label``: every pair may be a
     detection (a box may appear under several classes); else only each box's best class (fewer duplicates of
-    one object under a look-alike class, which per-class NMS cannot remove). Pairs above ``score_threshold``, at
-    most ``pre_nms_top_k`` per image (the best), go through per-class NMS (:func:`detlab.ops.batched_nms`) and the
-    best ``max_detections`` remain.
+    one object under a look-alike class, which per-class NMS cannot remove). Then :func:`select_detections`.
 
     Returns:
         per image ``{"boxes": Tensor[K, 4], "scores": Tensor[K], "labels": Tensor[K]}``, scores descending.
     """
-    from detlab.ops import batched_nms  # imported here: building the native ops is only needed to predict
-
     boxes, scores = decode_predictions(outputs, head, multi_label)
-    results = []
-    for image_boxes, image_scores in zip(boxes, scores):
-        flat = image_scores.flatten()
-        candidates = (flat > score_threshold).nonzero().squeeze(1)
-        if len(candidates) > pre_nms_top_k:
-            candidates = candidates[flat[candidates].topk(pre_nms_top_k).indices]
-        box_index, labels = candidates // image_scores.shape[1], candidates % image_scores.shape[1]
-        keep = batched_nms(image_boxes[box_index], flat[candidates], labels, nms_threshold)[:max_detections]
-        results.append({"boxes": image_boxes[box_index[keep]], "scores": flat[candidates[keep]],
-                        "labels": labels[keep]})
-    return results
+    detections = []
+    for image_boxes, image_scores in zip(boxes, scores):  # each image alone (detlab.heads.selection)
+        image_boxes, image_scores, labels, _ = select_detections(image_boxes[None], image_scores[None],
+                                                                 score_threshold, nms_threshold, max_detections,
+                                                                 pre_nms_top_k)
+        detections.append({"boxes": image_boxes, "scores": image_scores, "labels": labels})
+    return detections
