@@ -1,6 +1,7 @@
 """Batching for detection: collate of variable-size images, padding to a batch tensor, aspect-ratio grouping,
 and a DataLoader helper with seeded workers and pinned memory."""
 
+import itertools
 import math
 import random
 from typing import Iterator, Sequence
@@ -53,14 +54,16 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
     Indices are taken in the sampler's order and each joins its group's pending batch, yielded when full. At the end
     the partial batches are yielded as they are unless ``drop_last``. With ``drop_last`` an epoch has
-    ``len(sampler) // batch_size`` batches (at least 1), the same on every process of a distributed run: the
-    leftovers of all groups fill the batches still missing, like with like as far as it goes, so at most one batch
-    per epoch mixes groups (two groups leave fewer than two batches of leftovers). What does not fit is the
-    ``len(sampler) % batch_size`` leftovers the sampler gave last: a random choice each epoch. (Completing the
-    largest partial batch with repeats of its own images, as torchvision's reference sampler does, starves a
-    small group for ever: one portrait image among 15 landscape ones with batch 8 was never trained on.) A share
-    smaller than a batch is completed with repeats of its images. ``sampler`` must visit every index once per
-    epoch (Random/Sequential/ShardSampler), which makes ``len`` known in advance.
+    ``len(sampler) // batch_size`` batches (at least 1), the same on every process of a distributed run: only the
+    first ``len(self) * batch_size`` indices of the sampler's order are batched (the ones it gives last are left
+    out, a random choice each epoch with a shuffling sampler), and the groups' leftovers of those fill the batches
+    still missing, each group's together, so at most one batch per epoch mixes groups (two groups leave fewer than
+    two batches of leftovers). That mixed batch pads portrait and landscape images to one size: up to
+    (long side)^2 pixels per image instead of long x short, more memory in that one step. A share smaller than a
+    batch is one batch, completed with repeats of its images. (Completing the largest partial batch with repeats
+    of its own images, as torchvision's reference sampler does, starves a small group for ever: one portrait image
+    among 15 landscape ones with batch 8 was never trained on.) ``sampler`` must visit every index once per epoch
+    (Random/Sequential/ShardSampler), which makes ``len`` known in advance.
     """
 
     def __init__(self, sampler: Sampler, group_ids: Sequence[int], batch_size: int, drop_last: bool = False):
@@ -68,11 +71,10 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.batch_size, self.drop_last = batch_size, drop_last
 
     def __iter__(self) -> Iterator[list[int]]:
+        indices = itertools.islice(self.sampler, len(self) * self.batch_size) if self.drop_last else self.sampler
         pending: dict[int, list[int]] = {}
-        arrival: dict[int, int] = {}  # index -> its position in the sampler's order
         yielded = 0
-        for position, index in enumerate(self.sampler):
-            arrival[index] = position
+        for index in indices:
             group = pending.setdefault(self.group_ids[index], [])
             group.append(index)
             if len(group) == self.batch_size:
@@ -82,12 +84,12 @@ class GroupedBatchSampler(Sampler[list[int]]):
         if not self.drop_last:
             yield from sorted((group for group in pending.values() if group), key=len, reverse=True)
             return
-        leftovers = sorted((index for group in pending.values() for index in group), key=arrival.__getitem__)
+        # the leftovers fill the missing batches exactly, except in a share smaller than a batch
+        leftovers = [index for group_id in sorted(pending) for index in pending[group_id]]
         slots = (len(self) - yielded) * self.batch_size
-        if not leftovers or not slots:
+        if not leftovers:
             return
-        kept = (leftovers * math.ceil(slots / len(leftovers)))[:slots]  # repeats only for a share below one batch
-        kept.sort(key=lambda index: self.group_ids[index])  # stable: each group's leftovers together
+        kept = (leftovers * math.ceil(slots / len(leftovers)))[:slots]
         for start in range(0, slots, self.batch_size):
             yield kept[start : start + self.batch_size]
 

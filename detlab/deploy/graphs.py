@@ -21,7 +21,6 @@ from torch import nn
 
 from detlab.boxes import clip_boxes_to_image
 from detlab.heads.roi import C4Pooler, FPNPooler
-from detlab.heads.rpn import flatten_levels
 from detlab.heads.yolo import decode_predictions, select_detections
 from detlab.models.faster_rcnn import SIZE_DIVISIBLE, FasterRCNN
 from detlab.models.yolov3 import YOLOv3
@@ -128,12 +127,10 @@ class FasterRCNNGraph(nn.Module):
     def proposals(self, features, batch_shape, image_size) -> tuple[torch.Tensor, torch.Tensor]:
         """The RPN's proposals (Tensor[R, 4]) and their images (Tensor[R] int64), grouped by image."""
         rpn = self.model.rpn
-        objectness, deltas = rpn.head(features)
+        objectness, deltas = rpn.predict(features)
         anchors = rpn.anchor_generator.grid_anchors(batch_shape, [f.shape[-2:] for f in features], torch.float32,
                                                     features[0].device)
-        objectness = [flatten_levels([o], 1).flatten(1).float() for o in objectness]
-        return rpn.select_proposals(objectness, flatten_levels(deltas, 4).float(), anchors, image_size,
-                                    native_batched_nms)
+        return rpn.select_proposals(objectness, deltas, anchors, image_size, native_batched_nms)
 
     def pool(self, features, rois: torch.Tensor) -> torch.Tensor:
         """Each roi's pooled features, Tensor[R, C, S, S], as the model's pooler computes them."""

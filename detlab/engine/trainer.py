@@ -98,12 +98,14 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, t.optimizer, lr, t.weight_decay, t.momentum, t.nesterov,
                                          t.backbone_lr_mult, pretrained=cfg.model.weights is not None)
         # one partial batch at most per epoch; a dataset smaller than a batch is still one batch. Each process
-        # trains on its share of the images, and all take as many steps (DDP waits for every process's gradients)
+        # trains on its share of the images, and all take as many steps (DDP waits for every process's gradients).
+        # Aspect-ratio grouping always counts its batches in advance (drop_last): without it a dataset smaller than
+        # a batch would give one partial batch per group, more steps than the schedule plans
         n = len(self.data.train) // self.world.size
         if n == 0:
             raise ConfigError(f"{len(self.data.train)} training images cannot be shared by {self.world.size} "
                               f"processes: use fewer processes (torchrun --nproc_per_node)")
-        self.drop_last = n > t.batch_size or (self.world.distributed and self.inputs.group_by_aspect)
+        self.drop_last = n > t.batch_size or self.inputs.group_by_aspect
         self.iterations_per_epoch = max(n // t.batch_size, 1) if self.drop_last else 1
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor(t.epochs))
         self.scaler = grad_scaler(self.device, t.amp)
@@ -276,14 +278,19 @@ class Trainer:
         return lr_schedule(t.schedule, self.iterations_per_epoch, epochs, t.warmup_epochs, t.final_lr_fraction,
                            milestones, t.gamma)
 
+    def epoch_loader(self):
+        """This process's training batches of the current epoch: ``iterations_per_epoch`` of them."""
+        t = self.cfg.train
+        return make_loader(self.data.train, t.batch_size, shuffle=True, num_workers=self.cfg.data.num_workers,
+                           seed=t.seed + self.epoch, drop_last=self.drop_last,
+                           group_by_aspect=self.inputs.group_by_aspect, rank=self.world.rank,
+                           world_size=self.world.size)
+
     def train_one_epoch(self) -> dict:
         t = self.cfg.train
         # augmentations and samplers draw differently on each process (they see other images)
         torch.manual_seed(process_seed(t.seed + self.epoch, self.world.rank))
-        loader = make_loader(self.data.train, t.batch_size, shuffle=True, num_workers=self.cfg.data.num_workers,
-                             seed=t.seed + self.epoch, drop_last=self.drop_last,
-                             group_by_aspect=self.inputs.group_by_aspect, rank=self.world.rank,
-                             world_size=self.world.size)
+        loader = self.epoch_loader()
         self.model.train()
         sums, count, start = {}, 0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.planned_epochs}", leave=False, dynamic_ncols=True,

@@ -210,7 +210,8 @@ class RoIHeads(nn.Module):
         Args:
             logits (Tensor[R, C + 1]), deltas (Tensor[R, 4 * (C + 1)]): the predictor's outputs (float32) for
                 ``proposals`` (Tensor[R, 4]) of the images ``image`` (Tensor[R] int64).
-            image_size: the images' (height, width).
+            image_size: the images' (height, width); batch_size: B, the images are 0..B-1.
+            nms: ``(boxes, scores, categories, iou_threshold) -> kept indices``, best first.
 
         Returns:
             boxes (Tensor[K, 4]), scores (Tensor[K]), labels (Tensor[K] int64, 1..C) and batch_index (Tensor[K]

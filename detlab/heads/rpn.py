@@ -98,12 +98,9 @@ class RegionProposalNetwork(nn.Module):
             proposals (per image Tensor[P_i, 4] xyxy input pixels, best first), and in training
             ``{"loss_objectness", "loss_rpn_box_reg"}`` (else empty).
         """
-        objectness, deltas = self.head(features)
+        objectness, deltas = self.predict(features)
         anchors = self.anchor_generator(batch_shape, [f.shape[-2:] for f in features], torch.float32,
                                         features[0].device)
-        # box maths and losses in float32 also under autocast: half precision cannot hold 1333-pixel coordinates
-        objectness = [flatten_levels([o], 1).flatten(1).float() for o in objectness]  # per level [B, A_l]
-        deltas = flatten_levels(deltas, 4).float()  # [B, A, 4]
         proposals = [self.select_proposals([o[i : i + 1].detach() for o in objectness], deltas[i : i + 1].detach(),
                                            anchors, size)[0]
                      for i, size in enumerate(image_sizes)]  # each image alone (detlab.heads.selection)
@@ -113,6 +110,12 @@ class RegionProposalNetwork(nn.Module):
             raise ValueError("the RPN needs targets in train mode")
         return proposals, self.loss(torch.cat(objectness, 1), deltas, anchors, targets)
 
+    def predict(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The head's outputs in anchor order: objectness logits per level (Tensor[B, A_l]) and deltas (Tensor[B, A,
+        4], A = sum A_l). Float32 also under autocast: half precision cannot hold 1333-pixel coordinates."""
+        objectness, deltas = self.head(features)
+        return [flatten_levels([o], 1).flatten(1).float() for o in objectness], flatten_levels(deltas, 4).float()
+
     def select_proposals(self, objectness: list[torch.Tensor], deltas: torch.Tensor, anchors: torch.Tensor,
                          image_size, nms=batched_nms) -> tuple[torch.Tensor, torch.Tensor]:
         """Per level and image the ``pre_nms_top_n`` best anchors, decoded, clipped, small boxes and low scores
@@ -121,8 +124,9 @@ class RegionProposalNetwork(nn.Module):
         ``torch.ops.detlab.batched_nms`` as ``nms``).
 
         Args:
-            objectness: per level Tensor[B, A_l] logits; deltas: Tensor[B, A, 4] (levels in order, A = sum A_l);
-            anchors: Tensor[A, 4]; image_size: the images' (height, width).
+            objectness, deltas: as :meth:`predict` gives them; anchors: Tensor[A, 4].
+            image_size: the images' (height, width).
+            nms: ``(boxes, scores, categories, iou_threshold) -> kept indices``, best first.
 
         Returns:
             proposals (Tensor[R, 4] xyxy input pixels) and their images (Tensor[R] int64), grouped by image in

@@ -33,7 +33,8 @@ def best_per_image(order: torch.Tensor, images: torch.Tensor, batch_size, limit:
 
     Args:
         order (Tensor[K]): anything per candidate (e.g. its index), candidates best first.
-        images (Tensor[K] int64): the image of each candidate, in 0..batch_size-1.
+        images (Tensor[K] int64): the image of each candidate, in 0..batch_size-1 (in any order).
+        batch_size: B (an int, or a traced or symbolic size); limit: how many of each image to keep.
 
     Returns:
         ``order`` at the kept candidates (Tensor[K']) and their images (Tensor[K']), grouped by image in batch order,

@@ -34,6 +34,7 @@ from torch import nn
 from detlab.boxes import aligned_iou, mostly_inside, wh_iou
 from detlab.heads.selection import at_most, best_per_image
 from detlab.layers import ConvBNAct
+from detlab.ops import batched_nms
 
 #: The box losses :class:`YOLOLoss` knows (``model.yolov3.box_loss``).
 BOX_LOSSES = ("paper", "giou", "ciou")
@@ -306,12 +307,12 @@ def decode_predictions(outputs: list[torch.Tensor], head: YOLOHead, multi_label:
 
 
 def select_detections(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float, nms_threshold: float,
-                      max_detections: int, pre_nms_top_k: int = PRE_NMS_TOP_K, nms=None
+                      max_detections: int, pre_nms_top_k: int = PRE_NMS_TOP_K, nms=batched_nms
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The detections of a batch, all images at once (:mod:`detlab.heads.selection`).
 
     Each image's best ``pre_nms_top_k`` (box, class) pairs, of which those scoring above ``score_threshold`` go
-    through per-class NMS (``nms``: :func:`detlab.ops.batched_nms` unless given, the exported graphs pass the bare
+    through per-class NMS (``nms``: :func:`detlab.ops.batched_nms`; the exported graphs pass the bare
     ``torch.ops.detlab.batched_nms``), and the best ``max_detections`` of each image remain.
 
     Args:
@@ -321,8 +322,6 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, score_threshold
         boxes (Tensor[K, 4]), scores (Tensor[K]), labels (Tensor[K] int64, 0..C-1) and batch_index (Tensor[K]
         int64), grouped by image in batch order, best first within an image.
     """
-    if nms is None:
-        from detlab.ops import batched_nms as nms  # imported here: building the native ops is only needed to predict
     classes = scores.shape[2]
     top_scores, top = scores.flatten(1).topk(at_most(scores.shape[1] * classes, pre_nms_top_k), dim=1)
     image, column = (top_scores > score_threshold).nonzero(as_tuple=True)

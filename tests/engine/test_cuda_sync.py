@@ -3,8 +3,9 @@
 LR schedule, EMA) is queued without a host sync, except where a family's targets have data-dependent sizes:
 
 - YOLOv3: :func:`detlab.heads.yolo.assign_targets` (the positives' count: ``nonzero`` and boolean masks);
-- Faster R-CNN: proposals (NMS keeps a data-dependent count), the matching and sampling of anchors and proposals,
-  the native ops' FPN level split, and the target checks of ``FasterRCNN.move_target``. As torchvision's.
+- Faster R-CNN: proposals (small boxes dropped, NMS and the best per image keep data-dependent counts), the
+  matching and sampling of anchors and proposals, the native ops' FPN level split, and the target checks of
+  ``FasterRCNN.move_target``. As torchvision's.
 
 Each sync is found by torch's sync debug mode: set to ``"warn"``, every synchronizing CUDA call warns, attributed to
 the Python line that made it, so the test lists every sync outside those places at once (``"error"`` would stop at
@@ -22,10 +23,11 @@ import torch
 from det_helpers import TINY
 
 import detlab.ops
+from detlab import boxes
 from detlab.config import load_config
 from detlab.data import make_loader
 from detlab.engine.trainer import Trainer
-from detlab.heads import matching, roi, rpn, yolo
+from detlab.heads import matching, roi, rpn, selection, yolo
 from detlab.models import faster_rcnn
 
 from .test_faster_rcnn_train import TINY_FASTER_RCNN
@@ -59,9 +61,10 @@ def logged_reduction_line() -> tuple[str, int]:
 ALLOWED = {
     "yolov3": [source_lines(yolo.assign_targets)],
     "faster_rcnn": [source_lines(f) for f in (
-        rpn.RegionProposalNetwork.select_proposals, rpn.RegionProposalNetwork.assign, rpn.RegionProposalNetwork.loss,
-        matching.Matcher.__call__, matching.BalancedSampler.__call__, roi.RoIHeads.sample, roi.RoIHeads.loss,
-        faster_rcnn.FasterRCNN.move_target, faster_rcnn.resize_boxes)] + [whole_package(detlab.ops)],
+        rpn.RegionProposalNetwork.select_proposals, selection.best_per_image, boxes.remove_small_boxes,
+        rpn.RegionProposalNetwork.assign, rpn.RegionProposalNetwork.loss, matching.Matcher.__call__,
+        matching.BalancedSampler.__call__, roi.RoIHeads.sample, roi.RoIHeads.loss, faster_rcnn.FasterRCNN.move_target,
+        faster_rcnn.resize_boxes)] + [whole_package(detlab.ops)],
 }
 CONFIGS = {"yolov3": TINY, "faster_rcnn": TINY_FASTER_RCNN}
 

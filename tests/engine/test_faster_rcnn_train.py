@@ -11,6 +11,7 @@ import torch
 
 from detlab.api import Detector
 from detlab.config import ConfigError, load_config
+from detlab.data.loader import image_sizes_of
 from detlab.engine import train
 from detlab.engine.checkpoint import CheckpointError
 from detlab.engine.evaluate import evaluate_checkpoint
@@ -82,3 +83,26 @@ def test_faster_rcnn_through_the_command_line_tools(tmp_path):
     anchors = subprocess.run([sys.executable, str(ROOT / "tools" / "anchors.py"), "--set", *TINY_FASTER_RCNN],
                              capture_output=True, text=True, timeout=600)
     assert anchors.returncode == 2 and "fits YOLO-style anchors" in anchors.stderr
+
+
+@pytest.mark.parametrize("images, batch", [(6, 8), (16, 8)])
+def test_an_epoch_has_the_planned_steps_and_trains_the_one_portrait_image(coco_mini_dir, tmp_path, images, batch):
+    """The first 16 COCO-MINI train images hold one portrait image (the 6th). The LR schedule plans
+    ``iterations_per_epoch`` steps: a dataset smaller than a batch used to give one partial batch per aspect group
+    (two steps); and with 16 images the sampler used to complete the 7 landscape leftovers, so the portrait image
+    was never trained on."""
+    cfg = load_config(None, TINY_FASTER_RCNN + [
+        "data.dataset=coco", f"data.root={coco_mini_dir}", "data.train_splits=[train2017]",
+        "data.val_splits=[train2017]", f"data.max_train_images={images}",
+        f"train.batch_size={batch}", "data.flip=false", f"train.out_dir={tmp_path}"])
+    trainer = Trainer(cfg, print_fn=quiet)
+    portrait = [i for i, (height, width) in enumerate(image_sizes_of(trainer.data.train)) if height > width]
+    assert portrait == [5]
+    trained = 0
+    for epoch in range(4):
+        trainer.epoch = epoch
+        batches = [[target["image_id"] for target in targets] for _, targets in trainer.epoch_loader()]
+        assert len(batches) == trainer.iterations_per_epoch == max(images // batch, 1)
+        assert all(len(ids) == batch for ids in batches)
+        trained += sum(ids.count(trainer.data.train[5][1]["image_id"]) for ids in batches)
+    assert trained >= 4  # every epoch
