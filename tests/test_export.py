@@ -136,6 +136,7 @@ def test_onnx_translations_of_the_native_ops_equal_the_ops(tmp_path):
             rois = torch.cat([(idxs % 2).to(boxes.dtype)[:, None], boxes], 1)
             levels = fpn_levels([boxes], 2, 3, 224, 4) - 1 + (idxs % 3 == 0).to(torch.int64)  # some -1: no level
             return (torch.ops.detlab.nms(boxes, scores, 0.5), torch.ops.detlab.batched_nms(boxes, scores, idxs, 0.4),
+                    torch.ops.detlab.batched_nms(boxes, scores, idxs * 5 + 2, 0.6),  # categories 0, 1, 3, 4, ... unused
                     torch.ops.detlab.roi_align(feature, rois, 0.25, 3, 2, 0, True),
                     torch.ops.detlab.roi_align(feature, rois, 0.25, 2, 2, 2, False),
                     torch.ops.detlab.multiscale_roi_align([feature, coarse], rois, levels, [0.25, 0.125], 3, 3, 2,
