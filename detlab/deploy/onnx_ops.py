@@ -25,7 +25,8 @@ def _per_category(boxes, scores, idxs):
     score threshold, the lowest float, so never kept); and per box its category, its slot and its index in the
     category order (``order``). The buffers grow as categories x M, not categories x N: with categories = image x
     class, a spread of the N scores over every category (one row each) would grow as the batch squared."""
-    _, order = op.TopK(op.Neg(op.Cast(idxs, to=1)), op.Shape(idxs), largest=1, sorted=1)  # by category, ascending
+    # by category, ascending; float32 holds the ids exactly below 2^24 (image x class of any real batch)
+    _, order = op.TopK(op.Neg(op.Cast(idxs, to=1)), op.Shape(idxs), largest=1, sorted=1)
     category = op.Gather(idxs, order)
     count = op.Add(op.ReduceMax(op.Concat(idxs, op.Constant(value_ints=[-1]), axis=0), keepdims=1),
                    op.Constant(value_ints=[1]))  # [1]: categories 0..max
