@@ -4,7 +4,7 @@ exports to TorchScript and ONNX).
 The eager models return a list of dicts, one per image; an exported graph cannot. Here the whole batch goes
 through the same building blocks as the eager model (backbone, neck, heads, box decoding, the native ops) and the
 same batched selection steps (each head's ``select_*``, on :mod:`detlab.heads.selection`), which the eager models
-split per image at the end. The graphs call the bare ``torch.ops.detlab.*`` ops (which TorchScript keeps and
+run on each image alone. The graphs call the bare ``torch.ops.detlab.*`` ops (which TorchScript keeps and
 :mod:`detlab.deploy.onnx_ops` translates) and keep sizes symbolic.
 
 Output contract of every graph (flat over the batch, grouped by image in batch order, best score first within an

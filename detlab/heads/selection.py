@@ -40,6 +40,8 @@ def best_per_image(order: torch.Tensor, images: torch.Tensor, batch_size, limit:
         ``order`` at the kept candidates (Tensor[K']) and their images (Tensor[K']), grouped by image in batch order,
         each image's in the given order.
     """
+    if isinstance(batch_size, int) and batch_size == 1:  # the eager models' case: a slice, no host sync
+        return order[:limit], images[:limit]
     image_ids = torch.arange(batch_size, device=images.device)
     per_image = (images[:, None] == image_ids[None]).to(torch.int64)  # [K, batch_size]
     rank = per_image.cumsum(0).gather(1, images[:, None]).squeeze(1) - 1  # earlier candidates of the same image

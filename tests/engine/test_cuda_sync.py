@@ -3,7 +3,7 @@
 LR schedule, EMA) is queued without a host sync, except where a family's targets have data-dependent sizes:
 
 - YOLOv3: :func:`detlab.heads.yolo.assign_targets` (the positives' count: ``nonzero`` and boolean masks);
-- Faster R-CNN: proposals (small boxes dropped, NMS and the best per image keep data-dependent counts), the
+- Faster R-CNN: proposals (small boxes dropped and NMS keep data-dependent counts), the
   matching and sampling of anchors and proposals, the native ops' FPN level split, and the target checks of
   ``FasterRCNN.move_target``. As torchvision's.
 
@@ -27,7 +27,7 @@ from detlab import boxes
 from detlab.config import load_config
 from detlab.data import make_loader
 from detlab.engine.trainer import Trainer
-from detlab.heads import matching, roi, rpn, selection, yolo
+from detlab.heads import matching, roi, rpn, yolo
 from detlab.models import faster_rcnn
 
 from .test_faster_rcnn_train import TINY_FASTER_RCNN
@@ -61,7 +61,7 @@ def logged_reduction_line() -> tuple[str, int]:
 ALLOWED = {
     "yolov3": [source_lines(yolo.assign_targets)],
     "faster_rcnn": [source_lines(f) for f in (
-        rpn.RegionProposalNetwork.select_proposals, selection.best_per_image, boxes.remove_small_boxes,
+        rpn.RegionProposalNetwork.select_proposals, boxes.remove_small_boxes,
         rpn.RegionProposalNetwork.assign, rpn.RegionProposalNetwork.loss, matching.Matcher.__call__,
         matching.BalancedSampler.__call__, roi.RoIHeads.sample, roi.RoIHeads.loss, faster_rcnn.FasterRCNN.move_target,
         faster_rcnn.resize_boxes)] + [whole_package(detlab.ops)],

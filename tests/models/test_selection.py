@@ -18,6 +18,10 @@ def test_best_per_image_keeps_each_images_first_entries_grouped_in_batch_order()
     assert kept.tolist() == [11, 14, 13, 10, 12, 15, 16] and kept_images.tolist() == [0, 0, 1, 2, 2, 2, 2]
     kept, kept_images = best_per_image(order[:0], images[:0], 4, limit=2)
     assert kept.numel() == 0 and kept_images.numel() == 0
+    one = torch.zeros(5, dtype=torch.int64)  # a batch of one (the eager models): the first `limit`
+    kept, kept_images = best_per_image(order[:5], one, 1, limit=3)
+    assert kept.tolist() == [10, 11, 12] and kept_images.tolist() == [0, 0, 0]
+    assert torch.equal(best_per_image(order[:5], one, torch.tensor(1), limit=3)[0], kept)  # a traced size: the table
 
 
 def test_at_most_keeps_an_int_an_int_and_a_tensor_a_tensor():
